@@ -1,0 +1,114 @@
+"""Keep exactly one django-celery-beat PeriodicTask per schedulable job.
+
+Every job save/enable/disable/delete goes through :func:`sync_job` (post_save and
+post_delete signals); :func:`sync_all` repairs everything after bulk changes and calls
+``PeriodicTasks.update_changed()``, without which beat would never notice a
+``queryset.update()``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
+
+from jobs import schedule as sched
+from jobs.models import Job
+
+TICK_TASK = "jobs.tick"
+NAME_PREFIX = "smartcron:job:"
+RECONCILE_NAME = "smartcron:reconcile"
+
+
+def task_name(job_id: int) -> str:
+    return f"{NAME_PREFIX}{job_id}"
+
+
+def _crontab(expr: str, tz: str) -> CrontabSchedule:
+    fields = sched.cron_fields(expr)
+    existing = CrontabSchedule.objects.filter(**fields)
+    for crontab in existing:
+        if str(crontab.timezone) == tz:
+            return crontab
+    return CrontabSchedule.objects.create(timezone=tz, **fields)
+
+
+@transaction.atomic
+def sync_job(job: Job) -> PeriodicTask | None:
+    """Create, update or delete the job's PeriodicTask; return it (None when not ticked)."""
+    name = task_name(job.pk)
+    spec = job.beat_crontab() if job.schedulable else None
+    if spec is None:
+        PeriodicTask.objects.filter(name=name).delete()
+        return None
+    expr, tz = spec
+    crontab = _crontab(expr, tz)
+    task = PeriodicTask.objects.filter(name=name).first()
+    wanted = {
+        "task": TICK_TASK,
+        "crontab": crontab,
+        "interval": None,
+        "args": json.dumps([job.pk]),
+        "queue": settings.DISPATCH_QUEUE,
+        "enabled": True,
+        "description": f"Smart Cron tick for job {job.name}",
+    }
+    if task is None:
+        task = PeriodicTask.objects.create(name=name, **wanted)
+        Job.objects.filter(pk=job.pk).update(schedule_since=timezone.now())
+        return task
+    changed = [k for k, v in wanted.items() if getattr(task, k) != v]
+    if changed:
+        for key in changed:
+            setattr(task, key, wanted[key])
+        task.save()
+        if "crontab" in changed or "enabled" in changed:
+            Job.objects.filter(pk=job.pk).update(schedule_since=timezone.now())
+    return task
+
+
+def remove_job(job_id: int) -> None:
+    PeriodicTask.objects.filter(name=task_name(job_id)).delete()
+
+
+def ensure_reconciler() -> PeriodicTask:
+    """The periodic reconciler (lease reclaim, stuck runs, missed ticks)."""
+    from django_celery_beat.models import IntervalSchedule
+
+    every, _ = IntervalSchedule.objects.get_or_create(every=settings.RECONCILE_SECONDS,
+                                                      period=IntervalSchedule.SECONDS)
+    task, _ = PeriodicTask.objects.update_or_create(
+        name=RECONCILE_NAME,
+        defaults={"task": "jobs.reconcile", "interval": every, "crontab": None, "args": "[]",
+                  "queue": settings.DISPATCH_QUEUE, "enabled": True,
+                  "description": "Smart Cron reconciler: reclaim dead leases, close stuck runs"},
+    )
+    return task
+
+
+def sync_all() -> dict[str, int]:
+    """Repair the whole mapping (after bulk changes); returns counts."""
+    before = set(PeriodicTask.objects.filter(name__startswith=NAME_PREFIX).values_list("name", flat=True))
+    kept = 0
+    for job in Job.objects.select_related("slot"):
+        kept += sync_job(job) is not None
+    valid = {task_name(pk) for pk in Job.objects.schedulable().values_list("pk", flat=True)}
+    orphans = PeriodicTask.objects.filter(name__startswith=NAME_PREFIX).exclude(name__in=valid)
+    orphans.delete()
+    after = set(PeriodicTask.objects.filter(name__startswith=NAME_PREFIX).values_list("name", flat=True))
+    removed = len(before - after)
+    ensure_reconciler()
+    PeriodicTasks.update_changed()
+    return {"ticked": kept, "removed": removed}
+
+
+def set_enabled(queryset, enabled: bool) -> int:
+    """Bulk enable/disable (admin actions, API) keeping beat in step."""
+    n = queryset.update(enabled=enabled, updated_at=timezone.now())
+    for job in queryset.model.objects.filter(pk__in=list(queryset.values_list("pk", flat=True))).select_related("slot"):
+        sync_job(job)
+    PeriodicTasks.update_changed()
+    return n

