@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from jobs import alerts
+from jobs import alerts, hooks
 from jobs.models import ACTIVE_STATES, FAILURE_STATES, Alert, Job, JobRun, RunState
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ def record_finished(run: JobRun) -> None:
         Job.objects.filter(pk=job.pk).update(**fields)
     if run.state in FAILURE_STATES and run.attempt <= job.max_retries:
         schedule_retry(run)
+    hooks.run_finished(run)
 
 
 def schedule_retry(run: JobRun) -> JobRun | None:
