@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
+import select
 import signal
 import threading
 import time
@@ -96,6 +97,36 @@ class _TailReader(threading.Thread):
             self.truncated = True
         out = data.decode("utf-8", "replace")
         return ("[...]\n" + out) if self.truncated else out
+
+
+class _ExitWaiter:
+    """Wait for a child's exit with a timeout: a pidfd where the kernel has them (5.3+)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd: int | None = None
+        try:
+            self.fd = os.pidfd_open(pid)
+            self.poller = select.poll()
+            self.poller.register(self.fd, select.POLLIN)
+        except (AttributeError, OSError):
+            self.fd = None
+
+    def wait(self, timeout_s: float) -> bool:
+        """True when the child has (probably) exited; the caller reaps it."""
+        if self.fd is not None:
+            return bool(self.poller.poll(max(0, int(timeout_s * 1000))))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+            time.sleep(0.005)
+        return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _demote(user: str) -> tuple[int, int, list[int]]:
@@ -264,42 +295,38 @@ def run(
     # Peak memory comes from sampling the tree, not from ru_maxrss: a child forked from a
     # large worker process briefly "has" the worker's pages before exec, which would
     # inflate the figure for every short script.
-    while True:
-        pid, raw_status, rusage = os.wait4(proc.pid, os.WNOHANG)
-        if pid == proc.pid:
-            status = raw_status
-            rusage_cpu = rusage.ru_utime + rusage.ru_stime
-            break
-        rss, cpu = watcher.sample()
-        peak_rss = max(peak_rss, rss)
-        peak_cpu = max(peak_cpu, cpu)
-        elapsed = time.monotonic() - started
-        if spec.memory_limit_bytes and rss > spec.memory_limit_bytes:
-            outcome = Outcome.KILLED_MEMORY
-            error = f"memory limit exceeded: tree RSS {rss / MB:.0f} MB > {spec.memory_limit_bytes / MB:.0f} MB"
-        elif spec.timeout_s and elapsed > spec.timeout_s:
-            outcome = Outcome.TIMED_OUT
-            error = f"timed out after {spec.timeout_s:g} s"
-        elif on_sample is not None and on_sample():
-            outcome = Outcome.CANCELLED
-            error = "cancelled"
-        if outcome is not None:
-            watcher.stop(spec.kill_grace_s, reap)
-            if status is None:
-                _, status, rusage = os.wait4(proc.pid, 0)
-                rusage_cpu = rusage.ru_utime + rusage.ru_stime
-            break
-        # Sleep in short steps so a fast script is reaped promptly.
-        end = time.monotonic() + spec.sample_interval_s
-        while time.monotonic() < end:
-            pid, raw_status, rusage = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                status = raw_status
-                rusage_cpu = rusage.ru_utime + rusage.ru_stime
+    # A pidfd wakes us the moment the child exits (no polling latency for short jobs);
+    # the first sample comes after 5 ms so that /bin/true-sized jobs never pay for it.
+    waiter = _ExitWaiter(proc.pid)
+    wait_s = min(0.005, spec.sample_interval_s)
+    try:
+        while True:
+            if waiter.wait(wait_s):
+                reap()
+                if status is not None:
+                    break
+            wait_s = spec.sample_interval_s
+            rss, cpu = watcher.sample()
+            peak_rss = max(peak_rss, rss)
+            peak_cpu = max(peak_cpu, cpu)
+            elapsed = time.monotonic() - started
+            if spec.memory_limit_bytes and rss > spec.memory_limit_bytes:
+                outcome = Outcome.KILLED_MEMORY
+                error = f"memory limit exceeded: tree RSS {rss / MB:.0f} MB > {spec.memory_limit_bytes / MB:.0f} MB"
+            elif spec.timeout_s and elapsed > spec.timeout_s:
+                outcome = Outcome.TIMED_OUT
+                error = f"timed out after {spec.timeout_s:g} s"
+            elif on_sample is not None and on_sample():
+                outcome = Outcome.CANCELLED
+                error = "cancelled"
+            if outcome is not None:
+                watcher.stop(spec.kill_grace_s, reap)
+                if status is None:
+                    _, status, rusage = os.wait4(proc.pid, 0)
+                    rusage_cpu = rusage.ru_utime + rusage.ru_stime
                 break
-            time.sleep(min(0.01, spec.sample_interval_s))
-        if status is not None:
-            break
+    finally:
+        waiter.close()
     duration = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else None
     # The leader is gone; nothing it started may outlive the run.

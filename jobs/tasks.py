@@ -121,10 +121,6 @@ def _execute(run: JobRun, job: Job, slot: str, store: LeaseStore) -> str:
     except (PathNotAllowed, PermissionError, KeyError, ValueError) as exc:
         services.close_run(run, RunState.ADMITTED, RunState.FAILED, error=str(exc))
         return "refused"
-    # The start task came early on purpose; start the script on the planned second.
-    delay = (run.scheduled_for - timezone.now()).total_seconds()
-    if 0 < delay < 30:
-        time.sleep(delay)
     env = dict(os.environ)
     for var in list(env):
         if var.startswith(("SMARTCRON_", "DJANGO_", "CELERY_", "DATABASE_", "REDIS_", "SECRET_", "FLOWER_")):
@@ -139,9 +135,15 @@ def _execute(run: JobRun, job: Job, slot: str, store: LeaseStore) -> str:
         user=user, sample_interval_s=settings.SAMPLE_INTERVAL_SECONDS,
         kill_grace_s=settings.KILL_GRACE_SECONDS, tail_bytes=settings.OUTPUT_TAIL_BYTES,
     )
+    # Everything that writes to the database happens before the planned second: the start
+    # task came early on purpose (DISPATCH_LEAD_MS), and only the fork/exec is left for the
+    # second itself.  started_at is corrected to the real start right after the spawn.
     if not run.transition(RunState.ADMITTED, RunState.RUNNING, started_at=timezone.now(), worker_host=HOSTNAME,
                           heartbeat_at=timezone.now()):
         return "fenced: moved on before start"
+    delay = run.scheduled_for.timestamp() - time.time()
+    if 0 < delay < 30:
+        time.sleep(delay)
     last_beat = time.monotonic()
     lost = {"why": ""}
 

@@ -1,0 +1,126 @@
+"""Pipeline cost: runs per second of /bin/true through the whole tracked pipeline
+(JobRun row, start task on "dispatch", admission with a Redis lease, execute on a slot
+queue, process-tree sampling, fenced state changes, run-finished bookkeeping) versus plain
+Celery tasks that run the same subprocess, measured in the same run on the same machine
+with the same worker pool (threads, same concurrency).
+
+    .venv/bin/python bench/bench_pipeline.py [--runs 1000] [--concurrency 8]
+
+Target (issue 2): ratio >= 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._stack import prepare  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2, help="alternate plain/tracked this many times")
+    args = parser.parse_args()
+    env = prepare()
+    from django.utils import timezone
+
+    from bench.plain_tasks import plain_true
+    from jobs.models import FINAL_STATES, Job, JobRun
+    from jobs.services import dispatch
+    from slots.models import ExecutionSlot
+    from slots.redis_client import get_redis
+    from smartcron_project.celery import app
+    from tests.helpers import Worker
+
+    app.conf.broker_url = env["REDIS_URL"]
+    tmp = Path(env["BENCH_TMP"])
+    logdir = tmp / "logs"
+    logdir.mkdir()
+    script = Path(env["SMARTCRON_SCRIPT_ROOTS"]) / "true.sh"
+    script.write_text("")
+    slot = ExecutionSlot.objects.create(name="bench", max_concurrent=args.concurrency, memory_budget_mb=10**6,
+                                        cpu_percent=100)
+    jobs = [Job.objects.create(name=f"true{i}", script_path="/bin/true", interpreter="executable",
+                               schedule_type="manual", slot=slot, overlap_policy="allow", max_instances=1000,
+                               expected_memory_mb=1, cpu_weight=0.1)
+            for i in range(10)]
+    # /bin/true lives outside the script root: allow it for this benchmark only.
+    bench_env = {**env, "SMARTCRON_SCRIPT_ROOTS": f"{env['SMARTCRON_SCRIPT_ROOTS']},/bin,/usr/bin"}
+    from django.conf import settings
+
+    settings.SCRIPT_ROOTS = bench_env["SMARTCRON_SCRIPT_ROOTS"].split(",")
+    workers = [
+        Worker("dispatch", ["dispatch"], 8, bench_env, logdir),
+        Worker("slot", ["bench"], args.concurrency, bench_env, logdir),
+        Worker("plain", ["bench-plain"], args.concurrency, {**bench_env, "CELERY_IMPORTS": "bench.plain_tasks"},
+               logdir),
+    ]
+    # The plain worker must know the baseline task.
+    workers[2].proc.kill()
+    workers[2].proc.wait()
+    import subprocess
+
+    log = open(logdir / "plain.log", "wb")
+    workers[2].proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "celery"), "-A", "smartcron_project", "worker", "-Q", "bench-plain",
+         "-P", "threads", "-c", str(args.concurrency), "-n", "plain@%h", "-I", "bench.plain_tasks",
+         "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "warning"],
+        env=bench_env, cwd=Path(__file__).resolve().parent.parent, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    for w in workers[:2]:
+        w.wait_ready()
+    time.sleep(3)
+    r = get_redis()
+
+    def plain_round(n: int) -> float:
+        key = f"bench:plain:{time.monotonic_ns()}"
+        t0 = time.perf_counter()
+        for _ in range(n):
+            plain_true.apply_async((key,), queue="bench-plain")
+        while int(r.get(key) or 0) < n:
+            time.sleep(0.01)
+        return n / (time.perf_counter() - t0)
+
+    def tracked_round(n: int) -> float:
+        base = timezone.now() - dt.timedelta(seconds=1)
+        runs = JobRun.objects.bulk_create(
+            [JobRun(job=jobs[i % len(jobs)], scheduled_for=base + dt.timedelta(microseconds=i), trigger="manual",
+                    slot_name="bench") for i in range(n)])
+        ids = [run.pk for run in runs] if runs[0].pk else list(
+            JobRun.objects.filter(scheduled_for__gte=base).values_list("pk", flat=True))
+        t0 = time.perf_counter()
+        for run in JobRun.objects.filter(pk__in=ids):
+            dispatch(run)
+        while JobRun.objects.filter(pk__in=ids).exclude(state__in=FINAL_STATES).exists():
+            time.sleep(0.02)
+        rate = n / (time.perf_counter() - t0)
+        bad = JobRun.objects.filter(pk__in=ids).exclude(state="succeeded").count()
+        if bad:
+            print(f"  warning: {bad} tracked runs did not succeed")
+        JobRun.objects.filter(pk__in=ids).delete()
+        return rate
+
+    plain_round(50)  # warm up both paths
+    tracked_round(50)
+    plain_rates, tracked_rates = [], []
+    for i in range(args.rounds):
+        plain_rates.append(plain_round(args.runs))
+        tracked_rates.append(tracked_round(args.runs))
+        print(f"round {i + 1}: plain {plain_rates[-1]:.0f} runs/s, tracked {tracked_rates[-1]:.0f} runs/s", flush=True)
+    for w in workers:
+        w.stop()
+    plain = max(plain_rates)
+    tracked = max(tracked_rates)
+    print(f"plain Celery + subprocess: {plain:.0f} runs/s (best of {args.rounds} x {args.runs})")
+    print(f"tracked Smart Cron run:    {tracked:.0f} runs/s (best of {args.rounds} x {args.runs})")
+    print(f"ratio tracked/plain: {tracked / plain:.2f} (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
