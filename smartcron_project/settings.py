@@ -222,7 +222,7 @@ RUN_AS_USER = envstr("SMARTCRON_RUN_AS_USER", "")
 ALLOW_ROOT = envbool("SMARTCRON_ALLOW_ROOT", False)
 # The start task is sent this long before the planned second, so admission and the hop to
 # the slot worker happen early; the slot worker then waits for the exact second.
-DISPATCH_LEAD_MS = envint("SMARTCRON_DISPATCH_LEAD_MS", 300, minimum=0, maximum=5000)
+DISPATCH_LEAD_MS = envint("SMARTCRON_DISPATCH_LEAD_MS", 500, minimum=0, maximum=5000)
 # How often a waiting run is re-tried for admission.
 ADMISSION_RETRY_MS = envint("SMARTCRON_ADMISSION_RETRY_MS", 500, minimum=50)
 # Lease heartbeat; a lease expires after LEASE_TTL without one (about three heartbeats).
