@@ -25,6 +25,7 @@ Jobs in UTC are unaffected.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -53,6 +54,7 @@ class ScheduleError(ValueError):
     """A schedule that cannot be used; the message says why."""
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_cron(expr: str) -> str:
     """Validate a 5-field cron expression (or @alias); return it normalised.
 

@@ -22,6 +22,8 @@ def job_saved(sender, instance: Job, created: bool, update_fields=None, raw=Fals
         return
     if update_fields and set(update_fields) <= _NON_SCHEDULE_FIELDS:
         return
+    if created and not instance.schedulable:
+        return  # nothing to tick, nothing to remove (discovery creates jobs disabled)
     from jobs.beat_sync import sync_job
 
     sync_job(instance)

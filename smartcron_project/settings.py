@@ -217,6 +217,11 @@ SCRIPT_ROOTS = [
 # discover_jobs scans these (glob patterns allowed, e.g. /srv/app/*/cron/); defaults to
 # the script roots.  Only files below SCRIPT_ROOTS can become jobs.
 DISCOVERY_ROOTS = envlist("SMARTCRON_DISCOVERY_ROOTS", SCRIPT_ROOTS)
+DISCOVERY_MAX_DEPTH = envint("SMARTCRON_DISCOVERY_MAX_DEPTH", 8, minimum=1, maximum=64)
+# Extra ignore patterns (fnmatch) on top of the built-in ones (.git, node_modules, vendor, ...).
+DISCOVERY_IGNORE = envlist("SMARTCRON_DISCOVERY_IGNORE", [])
+# `discover_jobs --crontab` also reads these /etc/cron.d-style directories.
+DISCOVERY_CRON_DIRS = envlist("SMARTCRON_DISCOVERY_CRON_DIRS", ["/etc/cron.d"])
 # Jobs never run as root unless this is set; otherwise they run as SMARTCRON_RUN_AS_USER.
 RUN_AS_USER = envstr("SMARTCRON_RUN_AS_USER", "")
 ALLOW_ROOT = envbool("SMARTCRON_ALLOW_ROOT", False)
@@ -244,3 +249,4 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO").upper()},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
