@@ -15,6 +15,25 @@ class DependencyInline(admin.TabularInline):
     fk_name = "job"
     extra = 0
     autocomplete_fields = ["depends_on"]
+    verbose_name = "dependency"
+    verbose_name_plural = "dependencies (this job waits for / never runs with)"
+
+
+class TagInline(admin.TabularInline):
+    model = Job.tags.through
+    extra = 0
+    autocomplete_fields = ["tag"]
+    verbose_name = "tag"
+    verbose_name_plural = "tags"
+
+
+def _baselines():
+    """jobs.baselines when it offers recalculate() (it is optional), else None."""
+    try:
+        from jobs import baselines
+    except ImportError:
+        return None
+    return baselines if hasattr(baselines, "recalculate") else None
 
 
 @admin.register(Job)
@@ -25,15 +44,14 @@ class JobAdmin(admin.ModelAdmin):
                    "tags")
     search_fields = ("name", "description", "script_path")
     list_select_related = ("slot",)
-    autocomplete_fields = ["tags"]
-    inlines = [DependencyInline]
-    actions = ["enable_jobs", "disable_jobs", "run_now"]
+    inlines = [TagInline, DependencyInline]
+    actions = ["enable_jobs", "disable_jobs", "run_now", "recalculate_baseline"]
     readonly_fields = ("baseline_runs", "baseline_duration_p50", "baseline_duration_p95", "baseline_memory_p50",
                        "baseline_memory_p95", "baseline_updated_at", "health", "consecutive_failures", "last_run_at",
                        "last_success_at", "last_state", "auto_discovered", "script_missing", "manual_fields",
-                       "schedule_since", "created_at", "updated_at", "next_runs_display")
+                       "schedule_since", "created_at", "updated_at", "next_runs_display", "related_links")
     fieldsets = (
-        (None, {"fields": ("name", "description", "category", "priority", "status", "enabled", "tags")}),
+        (None, {"fields": ("name", "description", "category", "priority", "status", "enabled", "related_links")}),
         ("Command", {"fields": ("script_path", "interpreter", "args", "working_dir", "environment", "run_as_user")}),
         ("Schedule", {"fields": ("schedule_type", "cron_expression", "interval_seconds", "daily_at", "weekday",
                                  "wait_seconds", "timezone", "pinned", "next_runs_display")}),
@@ -69,11 +87,45 @@ class JobAdmin(admin.ModelAdmin):
         alerts_url = reverse("admin:jobs_alert_changelist") + f"?job__id__exact={job.pk}"
         return format_html('<a href="{}">runs</a> · <a href="{}">alerts</a>', runs, alerts_url)
 
+    @admin.display(description="see also")
+    def related_links(self, job: Job) -> str:
+        if not job.pk:
+            return "-"
+        runs = reverse("admin:jobs_jobrun_changelist") + f"?job__id__exact={job.pk}"
+        alerts_url = reverse("admin:jobs_alert_changelist") + f"?job__id__exact={job.pk}"
+        open_alerts = job.alerts.filter(resolved_at__isnull=True).count()
+        return format_html('<a href="{}">runs ({})</a> · <a href="{}">alerts ({} open)</a> · '
+                           '<a href="{}">dashboard page</a>', runs, job.runs.count(), alerts_url, open_alerts,
+                           reverse("dashboard:job", args=[job.pk]))
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if _baselines() is None:
+            actions.pop("recalculate_baseline", None)
+        return actions
+
     def save_model(self, request, obj: Job, form, change) -> None:
         # Fields an operator changes here are never overwritten by discover_jobs.
         if change and obj.auto_discovered:
             obj.mark_manual(form.changed_data)
         super().save_model(request, obj, form, change)
+        timing = {"schedule_type", "cron_expression", "interval_seconds", "daily_at", "weekday", "wait_seconds",
+                  "timezone", "slot", "expected_duration_s", "expected_memory_mb", "enabled", "status"}
+        if obj.schedulable and (not change or timing & set(form.changed_data)):
+            self._collision_message(request, obj)
+
+    def _collision_message(self, request, obj: Job) -> None:
+        """Show the peak the job's start second creates, and a quieter second if there is one."""
+        from slots.collision import check
+
+        try:
+            result = check(obj)
+        except Exception as exc:  # noqa: BLE001 - advice only; the save itself succeeded
+            self.message_user(request, f"Collision check unavailable: {exc}", messages.INFO)
+            return
+        if result is not None:
+            level = messages.WARNING if result.improvable else messages.INFO
+            self.message_user(request, result.message(obj.name), level)
 
     @admin.action(description="Enable selected jobs")
     def enable_jobs(self, request, queryset: QuerySet[Job]) -> None:
@@ -89,6 +141,20 @@ class JobAdmin(admin.ModelAdmin):
     def run_now(self, request, queryset: QuerySet[Job]) -> None:
         n = sum(services.run_now(job)[1] for job in queryset.select_related("slot"))
         self.message_user(request, f"{n} run(s) started.", messages.SUCCESS)
+
+    @admin.action(description="Recalculate the baseline of selected jobs")
+    def recalculate_baseline(self, request, queryset: QuerySet[Job]) -> None:
+        baselines = _baselines()
+        if baselines is None:
+            self.message_user(request, "Baselines are not available on this server.", messages.ERROR)
+            return
+        results = baselines.recalculate(queryset)
+        updated = sum(1 for r in results if r.get("status") == "updated")
+        learning = [r.get("job") for r in results if r.get("status") != "updated"]
+        text = f"{updated} baseline(s) recalculated."
+        if learning:
+            text += f" Not enough successful runs yet for: {', '.join(str(n) for n in learning[:10])}."
+        self.message_user(request, text, messages.SUCCESS)
 
 
 @admin.register(JobRun)

@@ -6,4 +6,7 @@ class JobsConfig(AppConfig):
     verbose_name = "Jobs"
 
     def ready(self) -> None:
-        from jobs import signals  # noqa: F401  (connects the beat sync)
+        from jobs import metrics, signals  # noqa: F401  (signals connects the beat sync)
+
+        # Run metrics, baselines, anomalies, alerts, breaker: see jobs/metrics.py.
+        metrics.install()

@@ -89,6 +89,24 @@ def ensure_reconciler() -> PeriodicTask:
     return task
 
 
+PEER_REFRESH_NAME = "smartcron:peer-refresh"
+
+
+def ensure_peer_refresh() -> PeriodicTask | None:
+    """A daily refresh of the peer's schedule when a peer is configured (03:17 UTC)."""
+    if not getattr(settings, "PEER_URL", ""):
+        PeriodicTask.objects.filter(name=PEER_REFRESH_NAME).delete()
+        return None
+    crontab = _crontab("17 3 * * *", "UTC")
+    task, _ = PeriodicTask.objects.update_or_create(
+        name=PEER_REFRESH_NAME,
+        defaults={"task": "discovery.refresh_peer", "crontab": crontab, "interval": None, "args": "[]",
+                  "queue": settings.DISPATCH_QUEUE, "enabled": True,
+                  "description": "Smart Cron: daily refresh of the peer server's schedule"},
+    )
+    return task
+
+
 def sync_all() -> dict[str, int]:
     """Repair the whole mapping (after bulk changes); returns counts."""
     before = set(PeriodicTask.objects.filter(name__startswith=NAME_PREFIX).values_list("name", flat=True))
@@ -101,6 +119,7 @@ def sync_all() -> dict[str, int]:
     after = set(PeriodicTask.objects.filter(name__startswith=NAME_PREFIX).values_list("name", flat=True))
     removed = len(before - after)
     ensure_reconciler()
+    ensure_peer_refresh()
     PeriodicTasks.update_changed()
     return {"ticked": kept, "removed": removed}
 

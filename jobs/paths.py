@@ -25,14 +25,18 @@ def check_script_path(path: str, *, must_exist: bool = True) -> Path:
         raise PathNotAllowed(f"{path!r} is not an absolute path")
     if any(ord(c) < 32 for c in path):
         raise PathNotAllowed("the path contains control characters")
-    resolved = Path(path).resolve()
+    try:
+        resolved = Path(path).resolve()
+        exists, is_file = resolved.exists(), resolved.is_file()
+    except (OSError, ValueError) as exc:
+        raise PathNotAllowed(f"the path cannot be checked: {exc.strerror or exc}") from None
     roots = allowed_roots()
     if not any(resolved == root or root in resolved.parents for root in roots):
         shown = ", ".join(str(r) for r in roots) or "(none configured)"
         raise PathNotAllowed(f"{resolved} is outside the allowed script roots ({shown}); see SMARTCRON_SCRIPT_ROOTS")
     if must_exist:
-        if not resolved.exists():
+        if not exists:
             raise PathNotAllowed(f"{resolved} does not exist")
-        if not resolved.is_file():
+        if not is_file:
             raise PathNotAllowed(f"{resolved} is not a regular file")
     return resolved

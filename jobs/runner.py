@@ -215,6 +215,8 @@ class TreeWatcher:
         ``reap`` collects the leader once it exits so that it stops counting as alive.
         """
         self.signal_all(signal.SIGTERM)
+        # A stopped process (paused by the host guard) only sees SIGTERM once continued.
+        self.signal_all(signal.SIGCONT)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             reap()

@@ -16,12 +16,14 @@ from django.conf import settings
 from django.utils import timezone
 
 from jobs import services
+from jobs.interpreters import SYSTEM_PATH
 from jobs.models import Job, JobRun, RunState
 from jobs.paths import PathNotAllowed, check_script_path
-from jobs.interpreters import SYSTEM_PATH
 from jobs.runner import Outcome, RunSpec
 from jobs.runner import run as run_script
-from slots.admission import admit, kill_requested
+from slots import admission, host_guard, procs
+from slots.admission import admit
+from slots.heartbeat import Heartbeat, claim_for_execute
 from slots.leases import LeaseStore
 from slots.redis_client import get_redis
 
@@ -35,10 +37,6 @@ OUTCOME_STATE = {
     Outcome.KILLED_MEMORY: RunState.KILLED_MEMORY,
     Outcome.CANCELLED: RunState.CANCELLED,
 }
-
-
-def _waiting_key(run_id: int) -> str:
-    return f"smartcron:waiting:{run_id}"
 
 
 @shared_task(name="jobs.tick", ignore_result=True)
@@ -58,41 +56,66 @@ def tick(job_id: int) -> str:
 
 
 @shared_task(name="jobs.start", ignore_result=True)
-def start(run_id: int) -> str:
-    """At (just before) the planned second: admit the run into its slot, or keep it waiting."""
+def start(run_id: int, chain: str | None = None, attempt: int = 0, kick: bool = False) -> str:
+    """At (just before) the planned second: admit the run into its slot, or keep it waiting.
+
+    A waiting run is re-tried by one chain of these tasks on the dispatch queue (never
+    an ETA task on a slot queue), backing off from ADMISSION_RETRY_MS; ``kick`` is a
+    single extra attempt (a place was freed) that never starts a chain of its own.
+    """
     run = JobRun.objects.select_related("job", "job__slot").filter(pk=run_id).first()
     if run is None or run.is_final or run.state in (RunState.ADMITTED, RunState.RUNNING):
         return "nothing to do"
     now = timezone.now()
     if run.state == RunState.PENDING and not run.transition(RunState.PENDING, RunState.QUEUED, queued_at=now):
         return "moved on"
+    slot = run.job.slot
     deadline = run.scheduled_for + dt.timedelta(seconds=run.job.start_window_seconds)
     if now > deadline:
+        LeaseStore().leave_waiting(slot.name, run.pk)
+        admission.clear_waiting(run.pk)
         services.close_run(run, RunState.QUEUED, RunState.MISSED,
                            error=f"not admitted within its start window ({run.job.start_window_seconds} s)")
         return "missed"
+    token = None if kick else admission.claim_chain(run.pk, chain)
+    began = time.perf_counter()
     decision = admit(run)
+    admission.record_latency((time.perf_counter() - began) * 1000)
     if decision.admitted:
-        execute.apply_async((run.pk,), queue=run.job.slot.queue)
-        get_redis().delete(_waiting_key(run.pk))
+        execute.apply_async((run.pk,), queue=slot.queue)
+        admission.clear_waiting(run.pk)
         return "admitted"
     if decision.final_state is not None:
-        if decision.final_state in (RunState.SKIPPED, RunState.CANCELLED):
+        if decision.final_state in (RunState.SKIPPED, RunState.CANCELLED, RunState.MISSED):
             services.close_run(run, RunState.QUEUED, decision.final_state, error=decision.reason)
+        admission.clear_waiting(run.pk)
         return decision.reason
-    # Wait: re-try promptly on the dispatch queue (never an ETA task on a slot queue).
-    retry_s = settings.ADMISSION_RETRY_MS / 1000
-    get_redis().set(_waiting_key(run.pk), decision.reason, ex=max(5, int(retry_s * 10)))
-    start.apply_async((run.pk,), countdown=retry_s, queue=settings.DISPATCH_QUEUE)
+    if token is None:
+        return f"waiting (attempt without a chain): {decision.reason}"
+    admission.note_waiting(run.pk, token, decision.reason)
+    start.apply_async((run.pk,), {"chain": token, "attempt": attempt + 1},
+                      countdown=admission.retry_delay_s(attempt), queue=settings.DISPATCH_QUEUE)
     return f"waiting: {decision.reason}"
 
 
 def _run_user(job: Job) -> tuple[str | None, str]:
     """(user to run as, refusal reason)."""
+    import pwd
+
     user = job.run_as_user or settings.RUN_AS_USER or None
-    if user is None and os.geteuid() == 0 and not settings.ALLOW_ROOT:
-        return None, ("refusing to run a script as root: set SMARTCRON_RUN_AS_USER (or the job's run_as_user), "
-                      "or SMARTCRON_ALLOW_ROOT=1 to allow it explicitly")
+    if user is not None:
+        try:
+            uid = pwd.getpwnam(user).pw_uid
+        except KeyError:
+            return None, f"run_as_user {user!r} does not exist on this host"
+    else:
+        uid = os.geteuid()
+    # Root by name ("root", or any uid-0 alias) is refused the same way as running as ourselves.
+    if uid == 0 and not settings.ALLOW_ROOT:
+        return None, ("refusing to run a script as root: set SMARTCRON_RUN_AS_USER (or the job's run_as_user) "
+                      "to an unprivileged user, or SMARTCRON_ALLOW_ROOT=1 to allow it explicitly")
+    if uid == 0 and user is not None and os.geteuid() == 0:
+        user = None  # already root: no switch needed
     return user, ""
 
 
@@ -105,13 +128,19 @@ def execute(run_id: int) -> str:
     job = run.job
     slot = run.slot_name or job.slot.name
     store = LeaseStore()
+    owned = {"lease": False}
     try:
-        return _execute(run, job, slot, store)
+        return _execute(run, job, slot, store, owned)
     finally:
-        store.release(slot, run.pk)
+        # Only the execute that moved the run on owns its lease: a duplicate or late
+        # delivery of this task must not free the place of the copy that is running.
+        if owned["lease"]:
+            store.release(slot, run.pk, job.pk)
+            host_guard.forget(run.pk)
+            admission.wake_after_release(slot, job.pk, store)
 
 
-def _execute(run: JobRun, job: Job, slot: str, store: LeaseStore) -> str:
+def _execute(run: JobRun, job: Job, slot: str, store: LeaseStore, owned: dict) -> str:
     try:
         check_script_path(job.script_path)
         user, refusal = _run_user(job)
@@ -119,7 +148,7 @@ def _execute(run: JobRun, job: Job, slot: str, store: LeaseStore) -> str:
             raise PermissionError(refusal)
         argv = job.command()
     except (PathNotAllowed, PermissionError, KeyError, ValueError) as exc:
-        services.close_run(run, RunState.ADMITTED, RunState.FAILED, error=str(exc))
+        owned["lease"] = services.close_run(run, RunState.ADMITTED, RunState.FAILED, error=str(exc))
         return "refused"
     env = dict(os.environ)
     for var in list(env):
@@ -128,7 +157,7 @@ def _execute(run: JobRun, job: Job, slot: str, store: LeaseStore) -> str:
     env["PATH"] = SYSTEM_PATH
     env.update(job.environment or {})
     env.update({"SMARTCRON_JOB": job.name, "SMARTCRON_RUN_ID": str(run.pk),
-                "SMARTCRON_SCHEDULED_FOR": run.scheduled_for.isoformat()})
+                "SMARTCRON_SCHEDULED_FOR": run.scheduled_for.isoformat(), procs.TAG_VAR: procs.run_tag(run.pk)})
     spec = RunSpec(
         argv=argv, cwd=job.working_dir or None, env=env, timeout_s=job.timeout_seconds,
         memory_limit_bytes=int(job.memory_limit_mb * 1024 * 1024) if job.memory_limit_mb else None,
@@ -138,39 +167,31 @@ def _execute(run: JobRun, job: Job, slot: str, store: LeaseStore) -> str:
     # Everything that writes to the database happens before the planned second: the start
     # task came early on purpose (DISPATCH_LEAD_MS), and only the fork/exec is left for the
     # second itself.  started_at is corrected to the real start right after the spawn.
+    handed_back = claim_for_execute(run, slot, store)
+    if handed_back:
+        return f"requeued: {handed_back}"
     if not run.transition(RunState.ADMITTED, RunState.RUNNING, started_at=timezone.now(), worker_host=HOSTNAME,
                           heartbeat_at=timezone.now()):
         return "fenced: moved on before start"
+    owned["lease"] = True
     delay = run.scheduled_for.timestamp() - time.time()
     if 0 < delay < 30:
         time.sleep(delay)
-    last_beat = time.monotonic()
-    lost = {"why": ""}
-
     def on_start(pid: int, started_at: float) -> None:
         started = dt.datetime.fromtimestamp(started_at, dt.UTC)
         JobRun.objects.filter(pk=run.pk, state=RunState.RUNNING).update(
             pid=pid, started_at=started, queue_wait_s=(started - run.scheduled_for).total_seconds())
 
-    def on_sample() -> bool:
-        nonlocal last_beat
-        if kill_requested(run.pk):
-            lost["why"] = "killed on request"
-            return True
-        if time.monotonic() - last_beat >= settings.HEARTBEAT_SECONDS:
-            last_beat = time.monotonic()
-            if not store.renew(slot, run.pk, ttl=settings.LEASE_TTL_SECONDS):
-                lost["why"] = "lease lost (reclaimed after missed heartbeats)"
-                return True
-            if not JobRun.objects.filter(pk=run.pk, state=RunState.RUNNING).update(heartbeat_at=timezone.now()):
-                lost["why"] = "run closed by someone else (fenced)"
-                return True
-        return False
-
-    result = run_script(spec, on_start=on_start, on_sample=on_sample)
+    heartbeat = Heartbeat(run, slot, store)
+    result = run_script(spec, on_start=on_start, on_sample=heartbeat)
+    # The whole tree is gone: its place in the slot is free now, not after the bookkeeping.
+    store.free_place(slot, run.pk, job_id=job.pk, ttl=settings.LEASE_TTL_SECONDS)
+    admission.wake_after_release(slot, None, store)
     state = OUTCOME_STATE[result.outcome]
+    if result.outcome == Outcome.CANCELLED and heartbeat.state:
+        state = heartbeat.state  # LOST (lease gone) or KILLED_MEMORY (host guard) rather than CANCELLED
     started = dt.datetime.fromtimestamp(result.started_at, dt.UTC)
-    error = result.error if state != RunState.CANCELLED else (lost["why"] or result.error)
+    error = result.error if result.outcome != Outcome.CANCELLED else (heartbeat.why or result.error)
     closed = services.close_run(
         run, RunState.RUNNING, state,
         finished_at=started + dt.timedelta(seconds=result.duration_s),

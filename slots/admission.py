@@ -1,22 +1,45 @@
 """Admission control: may this run start now, in its slot?
 
-Called by the dispatch step (``jobs.start``) when a run's planned second comes.  A run
-that cannot start yet stays QUEUED and is re-tried; a run that must not start at all
-(overlap forbidden) gets a final state here.
+Called by the dispatch step (``jobs.start``) when a run's planned second comes.  The
+checks, in order (see docs/slots.md):
+
+1. the slot is enabled;
+2. overlap policy of the job (forbid / queue one / replace / allow up to max instances);
+3. dependencies (required / optional / blocking, ``slots.dependencies``);
+4. host memory reserve on the hosts serving the slot's queue (``slots.host_guard``);
+5. one atomic Lua call (``slots.leases``): no exclusive job running, job instances,
+   slot job count, memory budget (expected peaks), CPU share, priority order.
+
+A run that cannot start yet stays QUEUED and is re-tried (``Decision.waiting``); a run
+that must not start at all gets a final state (``Decision.final_state``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import time
+import uuid
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
-from jobs.models import LIVE_STATES, Job, JobRun, RunState
-from slots.leases import LeaseStore
+from jobs.models import ACTIVE_STATES, LIVE_STATES, PRIORITY_RANK, Job, JobRun, RunState
+from slots import conf, dependencies, host_guard
+from slots.leases import LeaseStore, waiting_score
+from slots.models import ExecutionSlot
+from slots.redis_client import get_redis
 
 log = logging.getLogger(__name__)
+
+KILL_PREFIX = "smartcron:kill:"
+WAITING_PREFIX = "smartcron:waiting:"  # per run: its retry chain and why it waits
+LATENCY_KEY = "smartcron:admission:latency_ms"
+LATENCY_SAMPLES = 5000
+# How many of a slot's waiting runs are woken when a place frees up.
+WAKE_HEAD = 3
 
 
 @dataclasses.dataclass
@@ -30,62 +53,184 @@ class Decision:
         return not self.admitted and self.final_state is None
 
 
-def request_kill(run_id: int, ttl: int = 3600) -> None:
-    from slots.redis_client import get_redis
+# --- kill requests (read by the slot worker's sampling loop) ------------------------------
+def request_kill(run_id: int, ttl: int = 3600, reason: str = "killed on request") -> None:
+    get_redis().set(f"{KILL_PREFIX}{run_id}", reason, ex=ttl)
 
-    get_redis().set(f"smartcron:kill:{run_id}", "1", ex=ttl)
+
+def kill_reason(run_id: int) -> str | None:
+    value = get_redis().get(f"{KILL_PREFIX}{run_id}")
+    return value.decode() if value is not None else None
 
 
 def kill_requested(run_id: int) -> bool:
-    from slots.redis_client import get_redis
+    return bool(get_redis().exists(f"{KILL_PREFIX}{run_id}"))
 
-    return bool(get_redis().exists(f"smartcron:kill:{run_id}"))
+
+# --- the retry chain of a waiting run -----------------------------------------------------
+def claim_chain(run_id: int, chain: str | None) -> str | None:
+    """Make sure exactly one retry chain keeps a waiting run alive; return its token or None.
+
+    ``chain`` None: a fresh start task (dispatch, reconciler).  It founds a chain unless
+    one is alive.  A chain whose key expired (a slow dispatch worker) takes it back; a
+    chain that was superseded stops.
+    """
+    r = get_redis()
+    key = f"{WAITING_PREFIX}{run_id}"
+    ttl_ms = int(conf.WAITING_TTL_SECONDS * 1000)
+    current = r.get(key)
+    owner = json.loads(current).get("chain") if current else None
+    if chain is None:
+        if owner:
+            return None
+        token = uuid.uuid4().hex
+        record = json.dumps({"chain": token, "reason": "", "since": time.time()})
+        return token if r.set(key, record, px=ttl_ms, nx=True) else None
+    if owner is None:
+        record = json.dumps({"chain": chain, "reason": "", "since": time.time()})
+        return chain if r.set(key, record, px=ttl_ms, nx=True) else None
+    return chain if owner == chain else None
+
+
+def note_waiting(run_id: int, chain: str, reason: str) -> None:
+    r = get_redis()
+    key = f"{WAITING_PREFIX}{run_id}"
+    current = r.get(key)
+    since = json.loads(current).get("since", time.time()) if current else time.time()
+    r.set(key, json.dumps({"chain": chain, "reason": reason, "since": since}),
+          px=int(conf.WAITING_TTL_SECONDS * 1000))
+
+
+def clear_waiting(run_id: int) -> None:
+    get_redis().delete(f"{WAITING_PREFIX}{run_id}")
+
+
+def waiting_reasons(run_ids: list[int]) -> dict[int, str]:
+    """Why each of these QUEUED runs waits (as of its last attempt)."""
+    if not run_ids:
+        return {}
+    values = get_redis().mget([f"{WAITING_PREFIX}{pk}" for pk in run_ids])
+    return {pk: json.loads(v).get("reason", "") for pk, v in zip(run_ids, values, strict=True) if v}
+
+
+def retry_delay_s(attempt: int) -> float:
+    """Back off from ADMISSION_RETRY_MS to ADMISSION_RETRY_MAX_MS (x1.5 per attempt)."""
+    base = settings.ADMISSION_RETRY_MS
+    return min(float(conf.ADMISSION_RETRY_MAX_MS), base * 1.5 ** min(attempt, 30)) / 1000.0
+
+
+def record_latency(ms: float) -> None:
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.lpush(LATENCY_KEY, round(ms, 3))
+    pipe.ltrim(LATENCY_KEY, 0, LATENCY_SAMPLES - 1)
+    pipe.execute()
+
+
+def latencies_ms() -> list[float]:
+    return [float(v) for v in get_redis().lrange(LATENCY_KEY, 0, -1)]
+
+
+# --- the checks ------------------------------------------------------------------------------
+def cpu_claim(job: Job, slot: ExecutionSlot) -> float:
+    """A weight-1.0 job claims the slot's fair share: ``max_concurrent`` of them fill ``cpu_percent``."""
+    return float(job.cpu_weight) * float(slot.cpu_percent) / max(slot.max_concurrent, 1)
 
 
 def _overlap(run: JobRun) -> Decision | None:
     job = run.job
-    live = list(JobRun.objects.filter(job=job, state__in=LIVE_STATES).exclude(pk=run.pk).values_list("pk", flat=True))
-    if not live:
-        return None
+    # One query for the job's other active runs (usually none).
+    others = list(JobRun.objects.filter(job=job, state__in=ACTIVE_STATES).exclude(pk=run.pk)
+                  .order_by("scheduled_for").values_list("pk", "state", "scheduled_for"))
+    live = [pk for pk, state, _ in others if state in LIVE_STATES]
+    older_queued = [pk for pk, state, planned in others if state == RunState.QUEUED and planned < run.scheduled_for]
     policy = job.overlap_policy
     if policy == Job.OverlapPolicy.FORBID:
-        return Decision(False, f"overlap forbidden: run {live[0]} of this job is still running", RunState.SKIPPED)
-    if policy == Job.OverlapPolicy.ALLOW:
-        if len(live) >= job.max_instances:
-            return Decision(False, f"max instances ({job.max_instances}) running")
+        if live:
+            return Decision(False, f"overlap forbidden: run {live[0]} of this job is still running", RunState.SKIPPED)
+        if older_queued:
+            return Decision(False, f"overlap forbidden: run {older_queued[0]} of this job is still waiting",
+                            RunState.SKIPPED)
         return None
     if policy == Job.OverlapPolicy.QUEUE:
-        older_waiting = JobRun.objects.filter(
-            job=job, state=RunState.QUEUED, scheduled_for__lt=run.scheduled_for).exists()
-        if older_waiting:
-            return Decision(False, "overlap policy 'queue': one run is already waiting", RunState.SKIPPED)
-        return Decision(False, "overlap policy 'queue': waiting for the running one")
+        if older_queued:
+            return Decision(False, f"overlap policy 'queue one': run {older_queued[0]} is already queued",
+                            RunState.SKIPPED)
+        if live:
+            return Decision(False, f"overlap policy 'queue one': waiting for run {live[0]} to finish")
+        return None
     if policy == Job.OverlapPolicy.REPLACE:
+        from jobs import services
+
+        for pk in older_queued:
+            older = JobRun.objects.select_related("job").get(pk=pk)
+            services.close_run(older, RunState.QUEUED, RunState.CANCELLED, error=f"replaced by run {run.pk}")
         for pk in live:
-            request_kill(pk)
-        return Decision(False, "overlap policy 'replace': stopping the running one")
+            request_kill(pk, reason=f"replaced by run {run.pk} (overlap policy 'replace')")
+        if live:
+            return Decision(False, f"overlap policy 'replace': stopping run {live[0]}")
+        return None
+    # ALLOW
+    if len(live) >= job.max_instances:
+        return Decision(False, f"max instances ({job.max_instances}) running")
     return None
+
+
+def _refusal(attempt, run: JobRun, slot: ExecutionSlot, exclusive: list[int]) -> Decision:
+    job = run.job
+    if attempt.reason == "blocked":
+        other = Job.objects.filter(pk=exclusive[int(attempt.detail) - 1]).values_list("name", flat=True).first()
+        return Decision(False, f"waiting: {other} is running (dependency or blocking link)")
+    if attempt.reason == "instances":
+        if job.overlap_policy == Job.OverlapPolicy.FORBID:
+            return Decision(False, "overlap forbidden: another run of this job holds a lease", RunState.SKIPPED)
+        return Decision(False, f"waiting: {job.max_instances if job.overlap_policy == Job.OverlapPolicy.ALLOW else 1} "
+                               f"instance(s) of this job running")
+    if attempt.reason == "priority":
+        return Decision(False, f"waiting: run {attempt.detail} is ahead in slot {slot.name}'s queue")
+    what = {"jobs": f"{attempt.holders}/{slot.max_concurrent} jobs",
+            "memory": f"memory {attempt.memory_in_use_mb:.0f}+{job.expected_peak_mb:.0f} > {slot.memory_budget_mb} MB",
+            "cpu": f"cpu {attempt.cpu_in_use:.0f}+{cpu_claim(job, slot):.0f} > {slot.cpu_percent} %"}
+    return Decision(False, f"slot {slot.name} full ({what.get(attempt.reason, attempt.reason)})")
 
 
 def admit(run: JobRun, store: LeaseStore | None = None) -> Decision:
     """Try to move ``run`` from QUEUED to ADMITTED, taking a lease in its slot."""
     job = run.job
     slot = job.slot
+    store = store or LeaseStore()
+
+    def wait_elsewhere(decision: Decision) -> Decision:
+        # Not waiting for room in the slot: it must not hold a place in the slot's queue.
+        store.leave_waiting(slot.name, run.pk)
+        return decision
+
     if not slot.enabled:
-        return Decision(False, f"slot {slot.name} is disabled")
+        return wait_elsewhere(Decision(False, f"slot {slot.name} is disabled"))
     blocked = _overlap(run)
     if blocked is not None:
-        return blocked
-    store = store or LeaseStore()
+        return wait_elsewhere(blocked)
+    links = dependencies.links_of(job)
+    verdict = dependencies.check(run, links)
+    if verdict.skip:
+        return wait_elsewhere(Decision(False, verdict.skip, RunState.SKIPPED))
+    if verdict.wait:
+        return wait_elsewhere(Decision(False, verdict.wait))
+    host = host_guard.admission_block(slot.queue)
+    if host:
+        return wait_elsewhere(Decision(False, host))
+    exclusive = dependencies.exclusive_job_ids(job, links)
     expected = job.expected_peak_mb
-    cpu_claim = float(job.cpu_weight) * 100.0 / max(slot.max_concurrent, 1)
     attempt = store.acquire(
         slot.name, run.pk, ttl=settings.LEASE_TTL_SECONDS, max_jobs=slot.max_concurrent,
-        memory_mb=expected, memory_budget_mb=slot.memory_budget_mb, cpu=cpu_claim, cpu_budget=slot.cpu_percent,
+        memory_mb=expected, memory_budget_mb=slot.memory_budget_mb, cpu=cpu_claim(job, slot),
+        cpu_budget=slot.cpu_percent, job_id=job.pk,
+        max_instances=job.max_instances if job.overlap_policy == Job.OverlapPolicy.ALLOW else 1,
+        exclusive_with=exclusive,
+        waiting_score=waiting_score(PRIORITY_RANK.get(job.priority, 2), run.scheduled_for.timestamp()),
+        waiting_ttl=conf.WAITING_TTL_SECONDS,
     )
     if not attempt.granted:
-        return Decision(False, f"slot {slot.name} full ({attempt.reason}: {attempt.holders} running, "
-                               f"{attempt.memory_in_use_mb:.0f}/{slot.memory_budget_mb} MB)")
+        return _refusal(attempt, run, slot, exclusive)
     now = timezone.now()
     if run.transition(RunState.QUEUED, RunState.ADMITTED, admitted_at=now, slot_name=slot.name,
                       expected_memory_mb=expected, heartbeat_at=now):
@@ -94,5 +239,66 @@ def admit(run: JobRun, store: LeaseStore | None = None) -> Decision:
     # dispatcher admitted the same run we share its lease and must leave it alone.
     state = JobRun.objects.filter(pk=run.pk).values_list("state", flat=True).first()
     if state not in LIVE_STATES:
-        store.release(slot.name, run.pk)
+        store.release(slot.name, run.pk, job.pk)
     return Decision(False, f"run is {state}, not queued", final_state=state)
+
+
+# --- handing a run back, waking waiting runs -------------------------------------------------
+def requeue(run: JobRun, why: str, store: LeaseStore | None = None) -> bool:
+    """ADMITTED -> QUEUED (the script never started): free its place and try again."""
+    from jobs import services
+
+    if not run.transition(RunState.ADMITTED, RunState.QUEUED, admitted_at=None):
+        return False
+    (store or LeaseStore()).release(run.slot_name or run.job.slot.name, run.pk, run.job_id)
+    log.warning("run %s handed back to the queue: %s", run.pk, why)
+    transaction.on_commit(lambda: services.dispatch(run))
+    return True
+
+
+def wake(run_ids: list[int]) -> None:
+    """One immediate admission attempt for each run (no retry chain of its own)."""
+    from jobs.tasks import start
+
+    for pk in run_ids:
+        start.apply_async((pk,), {"kick": True}, queue=settings.DISPATCH_QUEUE)
+
+
+def runs_that_fit(slot: ExecutionSlot, store: LeaseStore) -> list[int]:
+    """Waiting runs of ``slot`` that would get a place now, greedily in line order (what the script does)."""
+    usage = store.usage(slot.name)
+    count, mem, cpu = len(usage.holders), usage.memory_in_use_mb, usage.cpu_in_use
+    fit: list[int] = []
+    for w in store.waiting(slot.name):
+        if count >= slot.max_concurrent:
+            break
+        if count == 0 or (mem + w.memory_mb <= slot.memory_budget_mb + 1e-6
+                          and cpu + w.cpu <= slot.cpu_percent + 1e-6):
+            fit.append(w.run_id)
+            count, mem, cpu = count + 1, mem + w.memory_mb, cpu + w.cpu
+    return fit
+
+
+def wake_after_release(slot: str, job_id: int | None = None, store: LeaseStore | None = None) -> list[int]:
+    """A place in ``slot`` (or an instance of ``job_id``) was freed: wake the runs that may use it.
+
+    The waiting runs the freed room fits (so a small run behind a big one is not left to
+    its next poll), and the queued runs of the job itself, its dependents and its blocking
+    partners.  Each gets one immediate attempt; admission decides.
+    """
+    try:
+        store = store or LeaseStore()
+        ids: list[int] = []
+        slot_row = ExecutionSlot.objects.filter(name=slot).first()
+        if slot_row is not None:
+            ids += runs_that_fit(slot_row, store) or [w.run_id for w in store.waiting(slot)[:1]]
+        if job_id is not None:
+            related = dependencies.related_job_ids(job_id)
+            ids += list(JobRun.objects.filter(job_id__in=related, state=RunState.QUEUED)
+                        .order_by("scheduled_for").values_list("pk", flat=True)[:WAKE_HEAD])
+        ids = list(dict.fromkeys(ids))
+        wake(ids)
+        return ids
+    except Exception:  # noqa: BLE001 - waking is a shortcut: the retry chains get there anyway
+        log.exception("could not wake the runs waiting for slot %s", slot)
+        return []

@@ -1,141 +1,343 @@
-"""Cluster-wide slot leases in Redis.
+"""Cluster-wide slot leases and the per-slot waiting queue, in Redis.
 
-Per slot: a sorted set ``smartcron:lease:<slot>`` (member = run id, score = expiry as
-epoch seconds) and two hashes with each holder's expected memory (MB) and CPU claim
-(percent).  Taking a lease is one Lua script, so two dispatchers on two hosts can never
-both take the last place.  Expired members are dropped on every call: a crashed worker
-never leaves a slot "full", and nobody resets a counter by hand.
+Keys of one slot (``<slot>`` is the slot name):
+
+``smartcron:lease:<slot>``          ZSET  member = run id, score = lease expiry (epoch s)
+``smartcron:lease:<slot>:mem``      HASH  run id -> expected peak memory (MB)
+``smartcron:lease:<slot>:cpu``      HASH  run id -> CPU claim (percent of the host)
+``smartcron:wait:<slot>``           ZSET  member = run id, score = priority rank, then planned time
+``smartcron:wait:<slot>:exp``       ZSET  member = run id, score = expiry of the waiting entry
+``smartcron:wait:<slot>:need``      HASH  run id -> "memory cpu" the waiting run asks for
+
+and of one job: ``smartcron:joblease:<job id>`` ZSET member = run id, score = expiry (the
+job's running instances, for overlap policies and mutual exclusion between jobs).
+
+Taking a lease is one Lua script, so two dispatchers on two hosts can never both take
+the last place, nor start two blocking jobs at once.  Expired members are dropped on
+every call: a crashed worker never leaves a slot "full" and nobody resets a counter.
+
+The waiting queue gives priority order: a run is admitted only if the runs queued ahead
+of it (critical before high before medium before low, then oldest first) that could be
+admitted right now, taken greedily in that order, still leave room for it.  A waiting
+entry expires unless its start task refreshes it, so a vanished task cannot block a slot.
+
+All keys live in one Redis (no Redis Cluster: the script touches keys of several jobs).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterable
 
 from slots.redis_client import get_redis
 
 PREFIX = "smartcron:lease:"
+WAIT_PREFIX = "smartcron:wait:"
+JOB_PREFIX = "smartcron:joblease:"
+# Float tolerance when summing budgets (five 16.0 % claims must fit in 80 %).
+_EPS = 1e-6
 
-# KEYS: zset, mem hash, cpu hash
-# ARGV: now, ttl, run_id, max_jobs, mem_mb, mem_budget, cpu, cpu_budget
-# Returns {ok, reason, holders, mem_in_use, cpu_in_use}
-_ACQUIRE = """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-for _, m in ipairs(expired) do
-  redis.call('ZREM', KEYS[1], m); redis.call('HDEL', KEYS[2], m); redis.call('HDEL', KEYS[3], m)
+_PRUNE = """
+local function prune(now)
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)) do
+    redis.call('ZREM', KEYS[1], m); redis.call('HDEL', KEYS[2], m); redis.call('HDEL', KEYS[3], m)
+  end
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', '(' .. now)) do
+    redis.call('ZREM', KEYS[4], m); redis.call('ZREM', KEYS[5], m); redis.call('HDEL', KEYS[6], m)
+  end
 end
+local function unwait(m)
+  redis.call('ZREM', KEYS[4], m); redis.call('ZREM', KEYS[5], m); redis.call('HDEL', KEYS[6], m)
+end
+"""
+
+# KEYS: 1 lease zset, 2 mem hash, 3 cpu hash, 4 wait zset, 5 wait expiry zset, 6 wait need hash,
+#       7 this job's instance zset, 8.. instance zsets of jobs that must not be running
+# ARGV: 1 now, 2 ttl, 3 run id, 4 max jobs, 5 memory need, 6 memory budget, 7 cpu need,
+#       8 cpu budget, 9 max instances, 10 waiting score, 11 waiting ttl, 12 epsilon
+# Returns {granted, reason, holders, memory in use, cpu in use, detail}
+_ACQUIRE = _PRUNE + """
 local now = tonumber(ARGV[1])
-local expiry = now + tonumber(ARGV[2])
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
-  redis.call('ZADD', KEYS[1], expiry, ARGV[3])
-  return {1, 'held', redis.call('ZCARD', KEYS[1]), '0', '0'}
-end
+local run = ARGV[3]
+prune(now)
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. now)
 local count = redis.call('ZCARD', KEYS[1])
 local mem = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[2])) do mem = mem + tonumber(v) end
 local cpu = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[3])) do cpu = cpu + tonumber(v) end
-if count >= tonumber(ARGV[4]) then
-  return {0, 'jobs', count, tostring(mem), tostring(cpu)}
+local expiry = now + tonumber(ARGV[2])
+if redis.call('ZSCORE', KEYS[1], run) then
+  redis.call('ZADD', KEYS[1], expiry, run)
+  redis.call('ZADD', KEYS[7], expiry, run)
+  unwait(run)
+  return {1, 'held', count, tostring(mem), tostring(cpu), ''}
 end
+for i = 8, #KEYS do
+  if redis.call('ZCOUNT', KEYS[i], now, '+inf') > 0 then
+    unwait(run)
+    return {0, 'blocked', count, tostring(mem), tostring(cpu), tostring(i - 7)}
+  end
+end
+if redis.call('ZCOUNT', KEYS[7], now, '+inf') >= tonumber(ARGV[9]) then
+  unwait(run)
+  return {0, 'instances', count, tostring(mem), tostring(cpu), ''}
+end
+local max_jobs = tonumber(ARGV[4])
+local mem_budget = tonumber(ARGV[6]) + tonumber(ARGV[12])
+local cpu_budget = tonumber(ARGV[8]) + tonumber(ARGV[12])
+local need_mem = tonumber(ARGV[5])
+local need_cpu = tonumber(ARGV[7])
 -- An empty slot admits any single job, however large: otherwise it could never run.
-if count > 0 and mem + tonumber(ARGV[5]) > tonumber(ARGV[6]) then
-  return {0, 'memory', count, tostring(mem), tostring(cpu)}
+local function refusal(c, m, u, nm, nc)
+  if c >= max_jobs then return 'jobs' end
+  if c > 0 and m + nm > mem_budget then return 'memory' end
+  if c > 0 and u + nc > cpu_budget then return 'cpu' end
+  return nil
 end
-if count > 0 and cpu + tonumber(ARGV[7]) > tonumber(ARGV[8]) then
-  return {0, 'cpu', count, tostring(mem), tostring(cpu)}
+-- Join (or refresh) the waiting queue before looking at who is ahead.
+redis.call('ZADD', KEYS[4], ARGV[10], run)
+redis.call('ZADD', KEYS[5], now + tonumber(ARGV[11]), run)
+redis.call('HSET', KEYS[6], run, ARGV[5] .. ' ' .. ARGV[7])
+local why = refusal(count, mem, cpu, need_mem, need_cpu)
+if why then
+  return {0, why, count, tostring(mem), tostring(cpu), ''}
 end
-redis.call('ZADD', KEYS[1], expiry, ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
-redis.call('HSET', KEYS[3], ARGV[3], ARGV[7])
-return {1, 'ok', count + 1, tostring(mem + tonumber(ARGV[5])), tostring(cpu + tonumber(ARGV[7]))}
+-- Greedy in priority order: every run ahead that fits now takes its place first.
+local c, m, u = count, mem, cpu
+for _, other in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  if other == run then break end
+  local need = redis.call('HGET', KEYS[6], other)
+  if need then
+    local om, oc = string.match(need, '(%S+) (%S+)')
+    om = tonumber(om); oc = tonumber(oc)
+    if not refusal(c, m, u, om, oc) then
+      c = c + 1; m = m + om; u = u + oc
+      if refusal(c, m, u, need_mem, need_cpu) then
+        return {0, 'priority', count, tostring(mem), tostring(cpu), other}
+      end
+    end
+  end
+end
+redis.call('ZADD', KEYS[1], expiry, run)
+redis.call('HSET', KEYS[2], run, ARGV[5])
+redis.call('HSET', KEYS[3], run, ARGV[7])
+redis.call('ZADD', KEYS[7], expiry, run)
+unwait(run)
+return {1, 'ok', count + 1, tostring(mem + need_mem), tostring(cpu + need_cpu), ''}
 """
 
-# Renew only a lease still held (XX): a holder whose lease was reclaimed must stop.
+# Renew only a lease still held and not yet expired: a holder whose lease ran out has
+# lost its place (someone else may already have it) and must stop its job.
+# KEYS: 1 lease zset, 2 job instance zset; ARGV: now, new expiry, run id
 _RENEW = """
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
-  redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[2])
+local s = redis.call('ZSCORE', KEYS[1], ARGV[3])
+if s and tonumber(s) >= tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
   return 1
 end
 return 0
 """
 
-_REAP = """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-for _, m in ipairs(expired) do
-  redis.call('ZREM', KEYS[1], m); redis.call('HDEL', KEYS[2], m); redis.call('HDEL', KEYS[3], m)
+# The script ended: give its place in the slot back at once, but keep the job instance
+# (overlap, exclusion) until the run's row is closed.  Never revives an expired instance.
+# KEYS: 1 lease zset, 2 mem, 3 cpu, 4 job instance zset; ARGV: now, new expiry, run id
+_FREE_PLACE = """
+redis.call('ZREM', KEYS[1], ARGV[3]); redis.call('HDEL', KEYS[2], ARGV[3]); redis.call('HDEL', KEYS[3], ARGV[3])
+local s = redis.call('ZSCORE', KEYS[4], ARGV[3])
+if s and tonumber(s) >= tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+  return 1
 end
+return 0
+"""
+
+# KEYS: 1 lease zset, 2 mem, 3 cpu, 4 wait zset, 5 wait expiry, 6 wait need; ARGV: now
+# Returns the run ids whose lease expired.
+_REAP = _PRUNE + """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+prune(tonumber(ARGV[1]))
 return expired
 """
 
+# Drop hash fields that have no lease (usage is always rebuilt from the live lease set).
+# KEYS: 1 lease zset, 2 mem, 3 cpu
+_REBUILD = """
+local fixed = 0
+for i = 2, 3 do
+  for _, m in ipairs(redis.call('HKEYS', KEYS[i])) do
+    if not redis.call('ZSCORE', KEYS[1], m) then redis.call('HDEL', KEYS[i], m); fixed = fixed + 1 end
+  end
+end
+return fixed
+"""
 
-def _keys(slot: str) -> list[str]:
-    return [f"{PREFIX}{slot}", f"{PREFIX}{slot}:mem", f"{PREFIX}{slot}:cpu"]
+
+def slot_keys(slot: str) -> list[str]:
+    """The six keys of one slot, in the order the scripts expect."""
+    return [f"{PREFIX}{slot}", f"{PREFIX}{slot}:mem", f"{PREFIX}{slot}:cpu",
+            f"{WAIT_PREFIX}{slot}", f"{WAIT_PREFIX}{slot}:exp", f"{WAIT_PREFIX}{slot}:need"]
+
+
+def job_key(job_id: int) -> str:
+    return f"{JOB_PREFIX}{job_id}"
+
+
+def waiting_score(priority_rank: int, planned_epoch: float) -> float:
+    """Priority rank first, then the planned second (ms precision; fits a double exactly)."""
+    return priority_rank * 1e13 + round(planned_epoch * 1000)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclasses.dataclass
 class LeaseAttempt:
     granted: bool
-    reason: str  # ok | held | jobs | memory | cpu
+    reason: str  # ok | held | blocked | instances | jobs | memory | cpu | priority
     holders: int
     memory_in_use_mb: float
     cpu_in_use: float
+    detail: str = ""  # blocked: 1-based index of the blocking job; priority: the run ahead
+
+
+@dataclasses.dataclass
+class Holder:
+    run_id: int
+    expires_at: float
+    memory_mb: float
+    cpu: float
+
+
+@dataclasses.dataclass
+class Waiter:
+    run_id: int
+    score: float
+    memory_mb: float
+    cpu: float
+    expires_at: float
 
 
 @dataclasses.dataclass
 class SlotUsage:
     slot: str
-    holders: list[int]
+    holders: list[Holder]
     memory_in_use_mb: float
     cpu_in_use: float
 
+    @property
+    def holder_ids(self) -> list[int]:
+        return [h.run_id for h in self.holders]
+
 
 class LeaseStore:
+    """Thin wrapper around the Lua scripts; safe to share between threads."""
+
     def __init__(self, client=None) -> None:
         self.r = client or get_redis()
         self._acquire = self.r.register_script(_ACQUIRE)
         self._renew = self.r.register_script(_RENEW)
         self._reap = self.r.register_script(_REAP)
+        self._rebuild = self.r.register_script(_REBUILD)
+        self._free_place = self.r.register_script(_FREE_PLACE)
 
     def acquire(self, slot: str, run_id: int, *, ttl: float, max_jobs: int, memory_mb: float,
-                memory_budget_mb: float, cpu: float = 0.0, cpu_budget: float = 1e9) -> LeaseAttempt:
-        res = self._acquire(keys=_keys(slot), args=[
-            time.time(), ttl, run_id, max_jobs, round(memory_mb, 3), memory_budget_mb, round(cpu, 3), cpu_budget])
-        return LeaseAttempt(bool(res[0]), res[1].decode() if isinstance(res[1], bytes) else res[1],
-                            int(res[2]), float(res[3]), float(res[4]))
+                memory_budget_mb: float, cpu: float = 0.0, cpu_budget: float = 1e9, job_id: int = 0,
+                max_instances: int = 1_000_000, exclusive_with: Iterable[int] = (),
+                waiting_score: float = 0.0, waiting_ttl: float = 10.0) -> LeaseAttempt:
+        """Take a place in ``slot`` for ``run_id`` if everything fits (atomically).
 
-    def renew(self, slot: str, run_id: int, *, ttl: float) -> bool:
-        return bool(self._renew(keys=_keys(slot)[:1], args=[time.time() + ttl, run_id]))
+        ``exclusive_with``: job ids none of whose runs may hold a lease right now.
+        """
+        keys = slot_keys(slot) + [job_key(job_id)] + [job_key(j) for j in exclusive_with]
+        res = self._acquire(keys=keys, args=[
+            repr(time.time()), ttl, run_id, max_jobs, round(memory_mb, 3), memory_budget_mb, round(cpu, 3),
+            cpu_budget, max_instances, repr(waiting_score), waiting_ttl, _EPS])
+        return LeaseAttempt(bool(res[0]), _text(res[1]), int(res[2]), float(_text(res[3])), float(_text(res[4])),
+                            _text(res[5]))
 
-    def release(self, slot: str, run_id: int) -> None:
-        zset, mem, cpu = _keys(slot)
+    def renew(self, slot: str, run_id: int, *, ttl: float, job_id: int = 0) -> bool:
+        now = time.time()
+        return bool(self._renew(keys=[slot_keys(slot)[0], job_key(job_id)], args=[repr(now), repr(now + ttl), run_id]))
+
+    def release(self, slot: str, run_id: int, job_id: int | None = None) -> None:
+        zset, mem, cpu, wait, wexp, wneed = slot_keys(slot)
         pipe = self.r.pipeline()
         pipe.zrem(zset, run_id)
         pipe.hdel(mem, run_id)
         pipe.hdel(cpu, run_id)
+        pipe.zrem(wait, run_id)
+        pipe.zrem(wexp, run_id)
+        pipe.hdel(wneed, run_id)
+        if job_id is not None:
+            pipe.zrem(job_key(job_id), run_id)
+        pipe.execute()
+
+    def free_place(self, slot: str, run_id: int, *, job_id: int, ttl: float) -> bool:
+        """The script is gone: free the slot place now, hold the job instance ``ttl`` more seconds."""
+        now = time.time()
+        return bool(self._free_place(keys=slot_keys(slot)[:3] + [job_key(job_id)],
+                                     args=[repr(now), repr(now + ttl), run_id]))
+
+    def leave_waiting(self, slot: str, run_id: int) -> None:
+        """Take a run out of the slot's waiting queue (it waits for something else, or is gone)."""
+        _, _, _, wait, wexp, wneed = slot_keys(slot)
+        pipe = self.r.pipeline()
+        pipe.zrem(wait, run_id)
+        pipe.zrem(wexp, run_id)
+        pipe.hdel(wneed, run_id)
         pipe.execute()
 
     def reap(self, slot: str) -> list[int]:
-        """Drop expired leases; return the run ids whose holder stopped heartbeating."""
-        return [int(m) for m in self._reap(keys=_keys(slot), args=[time.time()])]
+        """Drop expired leases and waiting entries; return the runs whose holder stopped heartbeating."""
+        return [int(m) for m in self._reap(keys=slot_keys(slot), args=[repr(time.time())])]
+
+    def rebuild(self, slot: str) -> int:
+        """Remove memory/CPU claims that have no lease; return how many were fixed."""
+        return int(self._rebuild(keys=slot_keys(slot)[:3]))
 
     def holds(self, slot: str, run_id: int) -> bool:
-        score = self.r.zscore(_keys(slot)[0], run_id)
-        return score is not None and score > time.time()
+        score = self.r.zscore(slot_keys(slot)[0], run_id)
+        return score is not None and score >= time.time()
 
     def usage(self, slot: str) -> SlotUsage:
-        zset, mem, cpu = _keys(slot)
+        """Live holders of ``slot`` (expired leases are ignored, not counted)."""
+        zset, mem, cpu = slot_keys(slot)[:3]
         now = time.time()
         pipe = self.r.pipeline()
-        pipe.zrangebyscore(zset, now, "+inf")
+        pipe.zrangebyscore(zset, now, "+inf", withscores=True)
         pipe.hgetall(mem)
         pipe.hgetall(cpu)
         live, mems, cpus = pipe.execute()
-        holders = [int(m) for m in live]
-        live_set = {str(h).encode() for h in holders}
-        return SlotUsage(
-            slot=slot,
-            holders=holders,
-            memory_in_use_mb=sum(float(v) for k, v in mems.items() if k in live_set),
-            cpu_in_use=sum(float(v) for k, v in cpus.items() if k in live_set),
-        )
+        mems = {_text(k): float(v) for k, v in mems.items()}
+        cpus = {_text(k): float(v) for k, v in cpus.items()}
+        holders = [Holder(int(m), float(score), mems.get(_text(m), 0.0), cpus.get(_text(m), 0.0)) for m, score in live]
+        return SlotUsage(slot=slot, holders=holders, memory_in_use_mb=sum(h.memory_mb for h in holders),
+                         cpu_in_use=sum(h.cpu for h in holders))
+
+    def waiting(self, slot: str) -> list[Waiter]:
+        """The slot's live waiting queue, first in line first."""
+        _, _, _, wait, wexp, wneed = slot_keys(slot)
+        now = time.time()
+        pipe = self.r.pipeline()
+        pipe.zrange(wait, 0, -1, withscores=True)
+        pipe.zrange(wexp, 0, -1, withscores=True)
+        pipe.hgetall(wneed)
+        members, expiries, needs = pipe.execute()
+        exp = {_text(m): float(s) for m, s in expiries}
+        need = {_text(k): _text(v).split() for k, v in needs.items()}
+        out = []
+        for m, score in members:
+            key = _text(m)
+            if exp.get(key, 0.0) < now:
+                continue
+            mem_mb, cpu = need.get(key, ["0", "0"])
+            out.append(Waiter(int(key), float(score), float(mem_mb), float(cpu), exp[key]))
+        return out
+
+    def job_instances(self, job_id: int) -> list[int]:
+        """Runs of ``job_id`` holding a live lease."""
+        return [int(m) for m in self.r.zrangebyscore(job_key(job_id), time.time(), "+inf")]

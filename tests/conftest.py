@@ -207,3 +207,16 @@ def pids_alive(pids) -> list[int]:
 
 
 __all__ = ["pids_alive", "signal", "wait_for"]
+
+
+# Modules that do not touch the database backend in a way MySQL could change (pure logic,
+# subprocess-only checks) or that are too slow to repeat: skipped in the MariaDB pass
+# (`make test-mysql` runs `-m "not nomysql"`).
+_NOMYSQL_MODULES = {"test_schedule", "test_runner", "test_planner", "test_discovery", "test_deploy",
+                    "test_e2e_browser", "test_schema_fuzz", "test_collision"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in _NOMYSQL_MODULES:
+            item.add_marker(pytest.mark.nomysql)

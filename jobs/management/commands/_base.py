@@ -28,11 +28,22 @@ class JobCommand(BaseCommand):
 
 def run_dict(run: JobRun, *, output: bool = False) -> dict[str, Any]:
     data = {
-        "id": run.pk, "job": run.job.name, "scheduled_for": run.scheduled_for, "state": run.state,
-        "trigger": run.trigger, "attempt": run.attempt, "started_at": run.started_at, "finished_at": run.finished_at,
-        "duration_s": run.duration_s, "queue_wait_s": run.queue_wait_s, "exit_code": run.exit_code,
-        "peak_memory_mb": run.peak_memory_mb, "cpu_seconds": run.cpu_seconds, "worker_host": run.worker_host,
-        "pid": run.pid, "error": run.error,
+        "id": run.pk,
+        "job": run.job.name,
+        "scheduled_for": run.scheduled_for,
+        "state": run.state,
+        "trigger": run.trigger,
+        "attempt": run.attempt,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "duration_s": run.duration_s,
+        "queue_wait_s": run.queue_wait_s,
+        "exit_code": run.exit_code,
+        "peak_memory_mb": run.peak_memory_mb,
+        "cpu_seconds": run.cpu_seconds,
+        "worker_host": run.worker_host,
+        "pid": run.pid,
+        "error": run.error,
     }
     if output:
         data["output_tail"] = run.output_tail
@@ -40,7 +51,11 @@ def run_dict(run: JobRun, *, output: bool = False) -> dict[str, Any]:
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)] if rows else [len(h) for h in headers]
+    widths = (
+        [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+        if rows
+        else [len(h) for h in headers]
+    )
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*(str(x) for x in row)) for row in rows]

@@ -12,13 +12,17 @@ class Command(JobCommand):
 
     def handle(self, *args, **opts) -> str:
         job = self.get_job(opts["job"])
-        runs = list(JobRun.objects.select_related("job").filter(job=job).order_by("-scheduled_for")[: max(1, opts["last"])])
+        runs = list(
+            JobRun.objects.select_related("job").filter(job=job).order_by("-scheduled_for")[: max(1, opts["last"])]
+        )
         if opts["json"]:
             self.emit_json([run_dict(r, output=True) for r in runs])
             return ""
         for run in runs:
-            self.stdout.write(f"=== run {run.pk} planned {run.scheduled_for:%Y-%m-%d %H:%M:%S} UTC: {run.state} "
-                              f"exit={run.exit_code} {run.duration_s or 0:.2f}s {run.peak_memory_mb or 0:.1f}MB")
+            self.stdout.write(
+                f"=== run {run.pk} planned {run.scheduled_for:%Y-%m-%d %H:%M:%S} UTC: {run.state} "
+                f"exit={run.exit_code} {run.duration_s or 0:.2f}s {run.peak_memory_mb or 0:.1f}MB"
+            )
             if run.error:
                 self.stdout.write(f"error: {run.error}")
             if run.output_tail:

@@ -1,0 +1,155 @@
+"""Wiring of the observability pipeline.
+
+- :func:`on_run_finished` is the ``jobs.hooks`` callback run once per run reaching a final
+  state (including runs the reconciler marks LOST: a killed worker fires no Celery signal,
+  but the reconciler goes through ``services.close_run`` -> ``record_finished`` -> hooks):
+  stats -> baseline (every N successes) -> anomaly checks -> consecutive failures and the
+  circuit breaker -> stored health.  Each step is isolated: one failing never skips the
+  others, and none can fail the run.
+- Celery's ``task_failure`` for ``jobs.execute``: a run whose execute task crashed (a bug, the
+  database gone mid-run) is closed as LOST at once instead of waiting for the reconciler.
+- :func:`ensure_periodic_tasks` registers the watchdog and the daily prune with
+  django-celery-beat (idempotent; run after every ``migrate`` and when beat starts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_NAME = "smartcron:watchdog"
+PRUNE_NAME = "smartcron:prune-history"
+
+_JOB_FIELDS = ("id", "name", "status", "health", "consecutive_failures", "circuit_breaker_threshold",
+               "circuit_opened_at", "timeout_seconds", "memory_limit_mb", "baseline_runs", "baseline_duration_p50",
+               "baseline_duration_p95", "baseline_duration_mad", "baseline_memory_p50", "baseline_memory_p95",
+               "baseline_memory_mad", "baseline_updated_at", "slot_id")
+
+
+def _step(name: str, run_id: int, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001 - bookkeeping must never lose a run or skip the next step
+        log.exception("observability step %s failed for run %s", name, run_id)
+        return None
+
+
+def on_run_finished(run) -> None:
+    """Everything observability does after a run reached a final state."""
+    from jobs import anomaly, baselines, breaker, health, stats
+    from jobs.conf import conf
+    from jobs.models import FAILURE_STATES, Alert, Job, RunState
+
+    # record_finished updated the job with queryset updates: read it fresh (one query).
+    job = (Job.objects.select_related("stats")
+           .only(*_JOB_FIELDS, "stats__reference_duration_p50", "stats__reference_memory_p50",
+                 "stats__runs_since_baseline").get(pk=run.job_id))
+    job_stats = job.stats if _has_stats(job) else None
+    reference = (job_stats.reference_duration_p50, job_stats.reference_memory_p50) if job_stats else (None, None)
+    counted = job_stats.runs_since_baseline if job_stats else None
+    open_alerts: dict[str, str] = dict(
+        Alert.objects.filter(job_id=job.pk, resolved_at__isnull=True).values_list("type", "severity"))
+    succeeded = run.state == RunState.SUCCEEDED
+    recent = _step("recent", run.pk, lambda: stats.recent_window(job.pk, conf.TREND_WINDOW)) if succeeded else None
+    _step("stats", run.pk, lambda: stats.record(run, recent=recent))
+    if succeeded:
+        baseline = _step("baseline", run.pk, lambda: baselines.maybe_recompute(job, counted=counted))
+        if baseline is not None:
+            reference = baseline.reference
+    _step("anomaly", run.pk, lambda: anomaly.evaluate(run, job, open_alerts, recent, reference))
+    if run.state in FAILURE_STATES:
+        _step("breaker", run.pk, lambda: breaker.after_failure(run, job, open_alerts))
+    _step("health", run.pk, lambda: health.refresh_job_health(job, open_alerts))
+
+
+def _has_stats(job) -> bool:
+    from django.core.exceptions import ObjectDoesNotExist
+
+    try:
+        job.stats  # noqa: B018 - probing the reverse one-to-one
+    except ObjectDoesNotExist:
+        return False
+    return True
+
+
+def on_execute_failure(sender=None, task_id=None, exception=None, args=None, kwargs=None, **_: Any) -> None:
+    """Celery ``task_failure``: close the run of a crashed ``jobs.execute`` as LOST."""
+    if getattr(sender, "name", None) != "jobs.execute":
+        return
+    run_id = (args or [None])[0] if args else (kwargs or {}).get("run_id")
+    if run_id is None:
+        return
+    from jobs import services
+    from jobs.models import LIVE_STATES, JobRun, RunState
+
+    run = JobRun.objects.select_related("job").filter(pk=run_id, state__in=LIVE_STATES).first()
+    if run is None:
+        return
+    why = f"execute task crashed on its worker: {exception.__class__.__name__}: {exception}"[:4000]
+    if services.close_run(run, LIVE_STATES, RunState.LOST, error=why):
+        log.error("run %s of %s closed as LOST: %s", run.pk, run.job.name, why)
+
+
+def ensure_periodic_tasks() -> dict[str, str]:
+    """Create or update the watchdog and daily prune PeriodicTasks (idempotent)."""
+    from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+
+    from jobs.conf import conf
+
+    every, _ = IntervalSchedule.objects.get_or_create(every=conf.WATCHDOG_SECONDS, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.update_or_create(
+        name=WATCHDOG_NAME,
+        defaults={"task": "jobs.watchdog", "interval": every, "crontab": None, "args": "[]",
+                  "queue": settings.DISPATCH_QUEUE, "enabled": True,
+                  "description": "Smart Cron watchdog: overdue jobs, alert reminders, health"})
+    minute, hour = (conf.RETENTION_AT.split() + ["3"])[:2]
+    crontab = CrontabSchedule.objects.filter(minute=minute, hour=hour, day_of_month="*", month_of_year="*",
+                                             day_of_week="*", timezone="UTC").first()
+    if crontab is None:
+        crontab = CrontabSchedule.objects.create(minute=minute, hour=hour, day_of_month="*", month_of_year="*",
+                                                 day_of_week="*", timezone="UTC")
+    PeriodicTask.objects.update_or_create(
+        name=PRUNE_NAME,
+        defaults={"task": "jobs.prune_history", "crontab": crontab, "interval": None, "args": json.dumps([]),
+                  "queue": settings.DISPATCH_QUEUE, "enabled": bool(conf.RETENTION_DAYS),
+                  "description": "Smart Cron retention: archive and delete old runs (SMARTCRON_RETENTION_DAYS)"})
+    return {"watchdog": f"every {conf.WATCHDOG_SECONDS} s", "prune": f"{minute} {hour} * * * UTC"}
+
+
+def _after_migrate(sender, app_config=None, using: str = "default", **kwargs: Any) -> None:
+    if app_config is None or app_config.label != "jobs":
+        return
+    try:
+        ensure_periodic_tasks()
+    except Exception:  # noqa: BLE001 - never fail a migration over a schedule row
+        log.exception("could not register the observability periodic tasks")
+
+
+def _on_beat_init(sender=None, **kwargs: Any) -> None:
+    _after_migrate(None, app_config=type("C", (), {"label": "jobs"})())
+
+
+_installed = False
+
+
+def install() -> None:
+    """Connect everything (called from JobsConfig.ready; idempotent)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    from celery.signals import beat_init, task_failure
+    from django.db.models.signals import post_migrate
+
+    from jobs import health, hooks, notify, retention  # noqa: F401 - registers their Celery tasks
+
+    hooks.on_run_finished(on_run_finished)
+    task_failure.connect(on_execute_failure, weak=False, dispatch_uid="smartcron_execute_failure")
+    post_migrate.connect(_after_migrate, weak=False, dispatch_uid="smartcron_observability_tasks")
+    beat_init.connect(_on_beat_init, weak=False, dispatch_uid="smartcron_observability_beat")

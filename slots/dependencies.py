@@ -1,0 +1,151 @@
+"""Dependencies between jobs, as admission sees them.
+
+- required (J requires D): J waits while D has a run due at or before J's planned second
+  that is queued or running ("D's run of this tick goes first"); then J runs only if D's
+  latest *executed* run (succeeded, failed, timed out, killed, lost; skipped, missed and
+  cancelled runs did not execute and are ignored) succeeded within ``within_seconds``.
+  Otherwise J's run is SKIPPED with a reason naming D and what happened.
+- optional (J after D): the same wait, no success condition (ordering only).
+- blocking (J and D never at the same time): symmetric; whichever is running makes the
+  other wait.
+
+The "is it running" part is also checked atomically in the lease script (the job
+instance sets of D are passed as must-be-empty), so two dispatchers cannot start J and
+a blocking partner in the same instant.  A dependent run waits at most until the end of
+its start window, then it is MISSED.
+
+``trigger_on_success``: when D succeeds, a run of J is created (trigger "dependency")
+and dispatched; it goes through admission like any other run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from jobs.models import ACTIVE_STATES, Job, JobDependency, JobRun, RunState, find_cycle
+
+log = logging.getLogger(__name__)
+
+# States of a run that actually executed the script (the success condition looks at these).
+EXECUTED_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT, RunState.KILLED_MEMORY, RunState.LOST)
+
+
+class Verdict:
+    """What the dependencies say about a run: go, wait (reason), or skip (reason)."""
+
+    def __init__(self, wait: str = "", skip: str = "") -> None:
+        self.wait = wait
+        self.skip = skip
+
+    @property
+    def ok(self) -> bool:
+        return not self.wait and not self.skip
+
+
+def links_of(job: Job) -> list[JobDependency]:
+    """Every dependency link touching ``job`` (both directions), in one query."""
+    return list(JobDependency.objects.filter(Q(job=job) | Q(depends_on=job)).select_related("depends_on"))
+
+
+def check(run: JobRun, links: list[JobDependency] | None = None) -> Verdict:
+    job = run.job
+    links = links_of(job) if links is None else links
+    if not links:
+        return Verdict()  # the common case: one query and done
+    now = timezone.now()
+    for dep in links:
+        if dep.job_id != job.pk or dep.kind == JobDependency.Kind.BLOCKING:
+            continue
+        other = dep.depends_on
+        ahead = (JobRun.objects.filter(job=other, state__in=ACTIVE_STATES, scheduled_for__lte=run.scheduled_for)
+                 .order_by("scheduled_for").first())
+        if ahead is not None:
+            return Verdict(wait=f"waiting for {dep.kind} dependency {other.name} (run {ahead.pk} is {ahead.state})")
+        if dep.kind == JobDependency.Kind.REQUIRED:
+            last = (JobRun.objects.filter(job=other, state__in=EXECUTED_STATES, finished_at__isnull=False)
+                    .order_by("-finished_at", "-pk").first())
+            if last is None:
+                return Verdict(skip=f"required dependency {other.name} has never run")
+            if last.state != RunState.SUCCEEDED:
+                return Verdict(skip=f"required dependency {other.name}: its latest run {last.pk} {last.state} "
+                                    f"at {last.finished_at:%Y-%m-%d %H:%M:%S} UTC")
+            age = (now - last.finished_at).total_seconds()
+            if age > dep.within_seconds:
+                return Verdict(skip=f"required dependency {other.name}: last success {age:.0f} s ago, "
+                                    f"older than the {dep.within_seconds} s window")
+    partners = blocking_partners(job, links)
+    if partners:
+        running = (JobRun.objects.filter(job_id__in=partners, state__in=(RunState.ADMITTED, RunState.RUNNING))
+                   .select_related("job").first())
+        if running is not None:
+            return Verdict(wait=f"waiting: blocking job {running.job.name} is running (run {running.pk})")
+    return Verdict()
+
+
+def blocking_partners(job: Job, links: list[JobDependency] | None = None) -> list[int]:
+    """Jobs that must never run at the same time as ``job`` (both directions of a blocking link)."""
+    links = links_of(job) if links is None else links
+    return sorted({d.depends_on_id if d.job_id == job.pk else d.job_id
+                   for d in links if d.kind == JobDependency.Kind.BLOCKING})
+
+
+def exclusive_job_ids(job: Job, links: list[JobDependency] | None = None) -> list[int]:
+    """Jobs none of whose runs may hold a lease when a run of ``job`` is admitted."""
+    links = links_of(job) if links is None else links
+    ordering = {d.depends_on_id for d in links if d.job_id == job.pk and d.kind != JobDependency.Kind.BLOCKING}
+    return sorted(set(blocking_partners(job, links)) | ordering)
+
+
+def related_job_ids(job_id: int) -> list[int]:
+    """Jobs whose waiting runs may be able to start once a run of ``job_id`` ends."""
+    rows = JobDependency.objects.filter(Q(job_id=job_id) | Q(depends_on_id=job_id))
+    ids = {job_id}
+    for a, b, kind in rows.values_list("job_id", "depends_on_id", "kind"):
+        if kind == JobDependency.Kind.BLOCKING:
+            ids.update((a, b))
+        elif b == job_id:
+            ids.add(a)  # a dependent of this job
+    return sorted(ids)
+
+
+def validate_dependency(job: Job, depends_on: Job, kind: str = JobDependency.Kind.REQUIRED,
+                        pk: int | None = None) -> None:
+    """Raise ValidationError (naming the cycle) if job -> depends_on is not allowed.
+
+    For entry points that do not go through ``JobDependency.full_clean`` (an API
+    serializer, a bulk import); the model's own save() runs the same check.
+    """
+    if job.pk == depends_on.pk:
+        raise ValidationError({"depends_on": "a job cannot depend on itself"})
+    if kind == JobDependency.Kind.BLOCKING:
+        return
+    cycle = find_cycle(job.pk, depends_on.pk, exclude_pk=pk)
+    if cycle:
+        names = dict(Job.objects.filter(pk__in=cycle).values_list("pk", "name"))
+        raise ValidationError({"depends_on": f"this dependency would create a cycle: "
+                                             f"{' -> '.join(names[p] for p in cycle)}"})
+
+
+def on_run_finished(run: JobRun) -> None:
+    """Run-finished hook: start the dependents that are triggered by this job's success."""
+    from jobs import services
+
+    if run.state != RunState.SUCCEEDED:
+        return
+    links = (JobDependency.objects.filter(depends_on_id=run.job_id, trigger_on_success=True)
+             .exclude(kind=JobDependency.Kind.BLOCKING).select_related("job", "job__slot"))
+    for link in links:
+        dependent = link.job
+        if not dependent.enabled or dependent.status not in Job.RUNNABLE_STATUSES:
+            log.info("%s succeeded; dependent %s not triggered (disabled or paused)", run.job_id, dependent.name)
+            continue
+        new, created = services.create_run(dependent, timezone.now(), trigger=JobRun.Trigger.DEPENDENCY,
+                                           idempotency_key=f"dep:{run.pk}:{dependent.pk}")
+        if created:
+            log.info("run %s of %s succeeded: triggered run %s of %s", run.pk, run.job_id, new.pk, dependent.name)
+            transaction.on_commit(lambda new=new: services.dispatch(new))

@@ -1,0 +1,1193 @@
+"""Load planner: pick each job's start second so that the load peaks are as low as possible.
+
+Pure logic (numpy, croniter through :mod:`jobs.schedule`); no Django import, so the
+management command, the API and the benchmark can all use it.
+
+Load model
+----------
+A job fires on its schedule's *ticks* (cron minutes evaluated in its timezone, or the
+epoch-aligned grid ``k * interval`` of an interval job) and starts ``offset`` seconds
+after each tick; today ``offset`` is ``wait_seconds`` (0-59).  An unpinned job may be
+moved to any offset in ``[0, window_s)``; a pinned job (and every peer job) stays where
+it is.  A run occupies the whole seconds ``[start, start + ceil(duration))`` and holds
+``memory_mb`` all that time.  One cycle is 24 h at 1 s resolution (86,400 seconds,
+circular: a run that crosses midnight continues at second 0).  Day-of-month, month and
+day-of-week fields are ignored: a job that only runs on some days is counted every day,
+so the figures are those of the busiest day.  A timezone is reduced to its UTC offset
+on the reference day; an interval that does not divide 24 h drifts from one day to the
+next and is taken as it falls on the reference day.
+
+Four loads are tracked for every second: concurrent runs and concurrent memory, in total
+(ours + peer) and per slot (ours only; peer servers have their own slots).
+
+Objective
+---------
+Every peak is normalised by its own lower bound (see :func:`lower_bound`), which makes
+runs and megabytes comparable.  ``objective="balanced"`` (the default) minimises the
+largest normalised peak over all of them (total and per slot, runs and memory), then the
+number of seconds at that peak, then the sum of the normalised peaks; ``"memory"`` puts
+the memory peaks first and the run peaks second (``"jobs"`` the other way round).
+
+While searching, the planner also uses a smooth stand-in for "the largest normalised
+peak": the soft peak ``sum over seconds and loads of exp(beta * (load / bound - 1))``.
+Unlike a plain maximum it still tells offsets apart when all of them touch the peak
+(a long run starting early or late in its minute), and its folds update exactly.
+
+Algorithm
+---------
+1. Greedy placement, largest job first (duration x (1/bound_runs + memory/bound_MB)),
+   each at the offset that raises the soft peak least over all its runs.
+2. Passes over all movable jobs: lift one, re-place it (soft peak, sharpening ``beta``
+   from pass to pass).
+3. Ruin and recreate around the worst second of the worst load: lift every job with a
+   run near it, put them back largest first on the exact normalised peak, keep the
+   result only if the plan improved (else widen the region, then try the next peak).
+
+Speed comes from periodicity: a job whose ticks repeat every ``p`` seconds (``*/5`` ->
+300 s) is evaluated on the load folded by ``p`` (the ``86400/p`` copies of each residue
+summed for the soft peak, maxed for the exact one), which turns 288 windows into one.
+Jobs are processed grouped by period, so the folds of the current period are updated in
+O(p) (or only at the touched residues) per placement and rebuilt only when the period
+changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from html import escape
+from pathlib import Path
+
+import numpy as np
+
+from jobs.schedule import normalize_cron, validate_timezone
+
+DAY_S = 86400
+DEFAULT_WINDOW_S = 60
+MAX_WINDOW_S = 3600
+OBJECTIVES = ("balanced", "memory", "jobs")
+# Durations are planned at their p95.  The variation model draws each run's duration from
+# a lognormal whose median is p95 / 1.6, so that the given duration is its 95th percentile:
+# exp(1.645 * sigma) = 1.6.
+P95_OVER_MEDIAN = 1.6
+LOGNORMAL_SIGMA = math.log(P95_OVER_MEDIAN) / 1.6448536269514722
+# Interval lengths (seconds) tried by the energetic lower bound; any set gives a valid
+# bound, a richer one a tighter bound.
+_EXP_CAP = 300.0  # exp() argument cap: keeps the soft-peak terms finite
+BOUND_LENGTHS = (1, 2, 3, 5, 8, 12, 20, 30, 45, 60, 75, 90, 120, 150, 180, 240, 300, 420, 600, 900, 1800, 3600)
+
+
+# --------------------------------------------------------------------------------------
+# Public data types
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlanJob:
+    """One job as the planner sees it (ours or a peer's)."""
+
+    name: str
+    cron: str | None = None
+    interval_s: int | None = None
+    tz: str = "UTC"
+    wait_seconds: int = 0
+    window_s: int = DEFAULT_WINDOW_S
+    duration_s: float = 60.0
+    memory_mb: float = 0.0
+    slot: str = "default"
+    pinned: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.cron is None) == (self.interval_s is None):
+            raise ValueError(f"job {self.name!r}: give exactly one of cron and interval_s")
+
+
+@dataclass
+class LoadProfile:
+    """Concurrent runs and memory for every second of the cycle."""
+
+    cycle_s: int
+    jobs: np.ndarray  # (cycle_s,) int: concurrent runs in total
+    memory: np.ndarray  # (cycle_s,) float: concurrent memory (MB) in total
+    slots: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def peak_jobs(self) -> int:
+        return int(self.jobs.max()) if self.jobs.size else 0
+
+    @property
+    def peak_memory_mb(self) -> float:
+        return float(self.memory.max()) if self.memory.size else 0.0
+
+    def peaks(self) -> Peaks:
+        return Peaks(self.peak_jobs, self.peak_memory_mb,
+                     {s: (int(j.max()), float(m.max())) for s, (j, m) in self.slots.items()})
+
+
+@dataclass
+class Peaks:
+    """Peak runs and peak memory, in total and per slot (also used for lower bounds)."""
+
+    peak_jobs: float
+    peak_memory_mb: float
+    slots: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "peak_jobs": self.peak_jobs,
+            "peak_memory_mb": round(self.peak_memory_mb, 3),
+            "slots": {s: {"peak_jobs": j, "peak_memory_mb": round(m, 3)} for s, (j, m) in sorted(self.slots.items())},
+        }
+
+
+@dataclass
+class Assignment:
+    """Where one job starts before and after planning."""
+
+    name: str
+    slot: str
+    pinned: bool
+    window_s: int
+    old_offset_s: int
+    offset_s: int
+
+    @property
+    def moved(self) -> bool:
+        return self.offset_s != self.old_offset_s
+
+    @property
+    def wait_seconds(self) -> int:
+        return self.offset_s % 60
+
+    @property
+    def minute_shift(self) -> int:
+        """Whole minutes after the cron tick (only for windows wider than a minute)."""
+        return self.offset_s // 60
+
+
+@dataclass
+class Plan:
+    """The planner's answer."""
+
+    objective: str
+    offsets: list[int]
+    assignments: list[Assignment]
+    before: LoadProfile
+    after: LoadProfile
+    peer: LoadProfile
+    bound: Peaks
+    runtime_s: float
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def moves(self) -> list[Assignment]:
+        return [a for a in self.assignments if a.moved]
+
+    def ratio(self, profile: LoadProfile) -> tuple[float, float]:
+        """(peak runs, peak memory) over their lower bounds."""
+        return (_ratio(profile.peak_jobs, self.bound.peak_jobs),
+                _ratio(profile.peak_memory_mb, self.bound.peak_memory_mb))
+
+
+@dataclass
+class Variation:
+    """Peaks of one plan re-simulated with random durations (see :func:`sample_variation`)."""
+
+    peak_jobs: list[int]
+    peak_memory_mb: list[float]
+    bound_jobs: list[float]
+    bound_memory_mb: list[float]
+
+    @property
+    def ratio_jobs(self) -> float:
+        """Mean over the samples of peak / the bound of the same sample."""
+        return float(np.mean([_ratio(p, b) for p, b in zip(self.peak_jobs, self.bound_jobs, strict=True)]))
+
+    @property
+    def ratio_memory(self) -> float:
+        return float(np.mean([_ratio(p, b) for p, b in zip(self.peak_memory_mb, self.bound_memory_mb, strict=True)]))
+
+    def as_dict(self) -> dict:
+        return {
+            "samples": len(self.peak_jobs),
+            "peak_jobs_mean": round(float(np.mean(self.peak_jobs)), 3),
+            "peak_jobs_max": int(max(self.peak_jobs)),
+            "peak_memory_mb_mean": round(float(np.mean(self.peak_memory_mb)), 3),
+            "peak_memory_mb_max": round(float(max(self.peak_memory_mb)), 3),
+            "ratio_jobs": round(self.ratio_jobs, 4),
+            "ratio_memory": round(self.ratio_memory, 4),
+        }
+
+
+def _ratio(value: float, bound: float) -> float:
+    if bound <= 0:
+        return 1.0 if value <= 0 else math.inf
+    return float(value) / float(bound)
+
+
+# --------------------------------------------------------------------------------------
+# Schedules -> ticks in the cycle
+# --------------------------------------------------------------------------------------
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+_DAY_DIVISORS = _divisors(DAY_S)
+
+
+def _day_start(day: dt.date) -> int:
+    return int(dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC).timestamp())
+
+
+@lru_cache(maxsize=4096)
+def _cron_ticks(expr: str, tz: str, day: dt.date) -> np.ndarray:
+    """Seconds of the UTC day at which ``expr`` ticks (day fields ignored: busiest day)."""
+    from croniter import croniter
+
+    text = normalize_cron(expr)
+    minutes, hours = croniter(text).expanded[:2]
+    mins = range(60) if "*" in minutes else [int(m) for m in minutes]
+    hrs = range(24) if "*" in hours else [int(h) for h in hours]
+    local = np.array([h * 3600 + m * 60 for h in hrs for m in mins], dtype=np.int64)
+    noon = dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC).astimezone(validate_timezone(tz))
+    shift = int(noon.utcoffset().total_seconds())
+    ticks = np.unique((local - shift) % DAY_S)
+    ticks.flags.writeable = False
+    return ticks
+
+
+@lru_cache(maxsize=4096)
+def _interval_ticks(interval: int, day: dt.date) -> np.ndarray:
+    """Grid points ``k * interval`` (epoch-aligned) falling in the reference UTC day."""
+    start = _day_start(day)
+    first = -(-start // interval) * interval
+    ticks = np.arange(first, start + DAY_S, interval, dtype=np.int64) - start
+    ticks.flags.writeable = False
+    return ticks
+
+
+def _period(ticks: np.ndarray, length: int) -> int:
+    """Smallest divisor p of the cycle such that the tick set repeats every p seconds."""
+    n = len(ticks)
+    for p in _DAY_DIVISORS if length == DAY_S else _divisors(length):
+        copies = length // p
+        if n % copies:
+            continue
+        head = ticks[: n // copies]
+        if head.size and head[-1] >= p:
+            continue
+        if np.array_equal((head[None, :] + p * np.arange(copies)[:, None]).ravel(), ticks):
+            return p
+    return length
+
+
+def _circ_counts(starts: np.ndarray, durs: np.ndarray | int, length: int,
+                 weights: np.ndarray | None = None) -> np.ndarray:
+    """Sum of ``weights`` over runs ``[start, start + dur)`` at each second of a circular cycle."""
+    starts = np.asarray(starts, dtype=np.int64)
+    durs = np.broadcast_to(np.asarray(durs, dtype=np.int64), starts.shape)
+    w = np.ones(starts.shape) if weights is None else np.broadcast_to(np.asarray(weights, dtype=float), starts.shape)
+    full, rem = np.divmod(durs, length)  # runs longer than the cycle cover it whole `full` times
+    ends = starts + rem
+    wrap = ends > length
+    plus = np.concatenate([starts, np.zeros(int(wrap.sum()), dtype=np.int64)])
+    minus = np.concatenate([np.minimum(ends, length), ends[wrap] - length])
+    wp = np.concatenate([w, w[wrap]])
+    diff = np.bincount(plus, wp, length + 1) - np.bincount(minus, wp, length + 1)
+    return np.cumsum(diff[:length]) + float((full * w).sum())
+
+
+def _self_overlap(head: np.ndarray, dur: int, period: int) -> int:
+    """Most runs of one job alive at once (the same for every offset)."""
+    n = len(head)
+    if not n:
+        return 0
+    full, rem = divmod(dur, period)
+    if not rem:
+        return full * n
+    # Runs alive at a start t are those started in (t - rem, t], counted on the circle.
+    ext = np.concatenate([head - period, head])
+    alive = np.searchsorted(ext, head, side="right") - np.searchsorted(ext, head - rem, side="right")
+    return full * n + int(alive.max())
+
+
+@dataclass
+class _Job:
+    ticks: np.ndarray  # tick seconds in the cycle
+    period: int  # the ticks repeat every `period` seconds (divides the cycle)
+    head: np.ndarray  # ticks in [0, period)
+    dur: int  # whole seconds, >= 1
+    mem: float
+    base: int  # smallest allowed offset
+    window: int  # number of allowed offsets: base .. base + window - 1
+    offset0: int  # current offset (wait_seconds)
+    slot: int  # index into _Model.slots, -1 for peer jobs
+    fixed: bool
+    selfk: int  # most runs of this job alive at once (shift-invariant)
+    idx: np.ndarray | None = None  # cached residues its candidate runs touch (see _Engine.scores)
+
+
+def _whole_seconds(duration: float) -> int:
+    # A run is counted in every second it touches, so 0.3 s still occupies one second.
+    return max(1, math.ceil(float(duration) - 1e-9))
+
+
+class _Model:
+    """Jobs compiled to ticks, periods and whole-second durations."""
+
+    def __init__(self, jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), day: dt.date | None = None,
+                 duration_scale: float = 1.0) -> None:
+        self.day = day or dt.datetime.now(dt.UTC).date()
+        self.length = DAY_S
+        self.slots: list[str] = sorted({j.slot for j in jobs})
+        slot_index = {s: i for i, s in enumerate(self.slots)}
+        self.jobs = [self._compile(j, slot_index[j.slot], fixed=j.pinned, scale=duration_scale) for j in jobs]
+        self.peer = [self._compile(j, -1, fixed=True, scale=duration_scale) for j in peer]
+        self.n_arrays = 1 + len(self.slots)  # 0 = total, 1 + s = slot s
+
+    def _compile(self, job: PlanJob, slot: int, *, fixed: bool, scale: float) -> _Job:
+        if job.cron is not None:
+            ticks = _cron_ticks(job.cron, job.tz or "UTC", self.day)
+        else:
+            ticks = _interval_ticks(int(job.interval_s), self.day)
+        if DAY_S % (job.interval_s or 1) == 0 and job.interval_s:
+            period = int(job.interval_s)
+        else:
+            period = _period(ticks, self.length) if len(ticks) else self.length
+        head = ticks[ticks < period]
+        dur = _whole_seconds(job.duration_s * scale)
+        offset0 = int(job.wait_seconds)
+        if job.interval_s:
+            offset0 %= int(job.interval_s)  # the phase of the grid
+        window = 1 if fixed else max(1, min(int(job.window_s), period))
+        base = offset0 if fixed else 0
+        selfk = _self_overlap(head, dur, period)
+        return _Job(ticks, period, head, dur, float(job.memory_mb), base, window, offset0, slot, fixed, selfk)
+
+    # Runs of all jobs, concatenated (job-major, tick order): used by the simulator.
+    def runs(self, which: str = "jobs") -> tuple[np.ndarray, np.ndarray]:
+        comp = self.jobs if which == "jobs" else self.peer
+        if not comp:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        ticks = np.concatenate([c.ticks for c in comp])
+        owner = np.repeat(np.arange(len(comp)), [len(c.ticks) for c in comp])
+        return ticks, owner
+
+
+# --------------------------------------------------------------------------------------
+# Simulation
+# --------------------------------------------------------------------------------------
+def _profile(model: _Model, offsets: np.ndarray, durs: np.ndarray | None = None,
+             peer_durs: np.ndarray | None = None, with_slots: bool = True) -> LoadProfile:
+    length = model.length
+    jobs_total = np.zeros(length)
+    mem_total = np.zeros(length)
+    slots: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    ticks, owner = model.runs("jobs")
+    if ticks.size:
+        starts = (ticks + offsets[owner]) % length
+        d = np.array([c.dur for c in model.jobs])[owner] if durs is None else durs
+        mem = np.array([c.mem for c in model.jobs])[owner]
+        slot_of = np.array([c.slot for c in model.jobs])[owner]
+        if with_slots:
+            for s, name in enumerate(model.slots):
+                sel = slot_of == s
+                cj = _circ_counts(starts[sel], d[sel], length)
+                cm = _circ_counts(starts[sel], d[sel], length, mem[sel])
+                slots[name] = (np.rint(cj).astype(np.int64), cm)
+                jobs_total += cj
+                mem_total += cm
+        else:
+            jobs_total += _circ_counts(starts, d, length)
+            mem_total += _circ_counts(starts, d, length, mem)
+    pticks, powner = model.runs("peer")
+    if pticks.size:
+        pstarts = (pticks + np.array([c.offset0 for c in model.peer])[powner]) % length
+        pd = np.array([c.dur for c in model.peer])[powner] if peer_durs is None else peer_durs
+        pm = np.array([c.mem for c in model.peer])[powner]
+        jobs_total += _circ_counts(pstarts, pd, length)
+        mem_total += _circ_counts(pstarts, pd, length, pm)
+    return LoadProfile(length, np.rint(jobs_total).astype(np.int64), mem_total, slots)
+
+
+def _offsets_array(model: _Model, offsets: Sequence[int] | None) -> np.ndarray:
+    if offsets is None:
+        return np.array([c.offset0 for c in model.jobs], dtype=np.int64)
+    if len(offsets) != len(model.jobs):
+        raise ValueError(f"{len(offsets)} offsets given for {len(model.jobs)} jobs")
+    return np.asarray(offsets, dtype=np.int64)
+
+
+def simulate(jobs: Sequence[PlanJob], offsets: Sequence[int] | None = None, *, peer: Sequence[PlanJob] = (),
+             day: dt.date | None = None) -> LoadProfile:
+    """Concurrent runs and memory at every second of the 24 h cycle.
+
+    ``offsets[i]`` is job i's start in seconds after its ticks (default: its
+    ``wait_seconds``).  Peer jobs run at their own ``wait_seconds`` and count in the
+    totals only; ``slots`` holds our jobs per slot.
+    """
+    model = _Model(jobs, peer, day)
+    return _profile(model, _offsets_array(model, offsets))
+
+
+def peer_profile(peer: Sequence[PlanJob], day: dt.date | None = None) -> LoadProfile:
+    """The peer's own load (fixed), for reports and plots."""
+    return simulate([], [], peer=peer, day=day)
+
+
+# --------------------------------------------------------------------------------------
+# Lower bound
+# --------------------------------------------------------------------------------------
+@dataclass
+class _RunGroup:
+    """Runs sharing a period p: release r in [0, p), slack delta = window - 1, duration, weight."""
+
+    period: int
+    array: np.ndarray  # which load (0 = total, 1 + s = slot s)
+    release: np.ndarray
+    slack: np.ndarray
+    dur: np.ndarray
+    mem: np.ndarray
+
+
+def _groups(model: _Model, *, slots: bool = True) -> list[_RunGroup]:
+    parts: dict[int, list[tuple]] = {}
+
+    def put(c: _Job, arrays: Iterable[int]) -> None:
+        rel = (c.head + c.base) % c.period
+        for a in arrays:
+            n = len(rel)
+            parts.setdefault(c.period, []).append(
+                (np.full(n, a), rel, np.full(n, c.window - 1), np.full(n, c.dur), np.full(n, c.mem)))
+
+    for c in model.jobs:
+        put(c, (0, 1 + c.slot) if slots else (0,))
+    for c in model.peer:
+        put(c, (0,))
+    out = []
+    for p, items in parts.items():
+        cols = [np.concatenate(x) for x in zip(*items, strict=True)]
+        out.append(_RunGroup(p, cols[0].astype(np.int64), cols[1].astype(np.int64), cols[2].astype(np.int64),
+                             cols[3].astype(np.int64), cols[4].astype(float)))
+    return out
+
+
+def _energetic(groups: list[_RunGroup], n_arrays: int, length: int,
+               lengths: Sequence[int] = BOUND_LENGTHS) -> tuple[np.ndarray, np.ndarray]:
+    """Energetic bound: for every circular interval [a, a + l), the work that must fall inside.
+
+    A run released at r with slack delta (it starts somewhere in [r, r + delta]) and
+    duration D overlaps [a, a + l) by at least ``min(ov(r), ov(r + delta))`` whatever its
+    start (overlap is concave in the start, so its minimum is at an end), which works
+    out as ``g(x) = max(0, min(x + l - delta, min(D, l), D - x))`` with ``x = a - r``.
+    Any plan has a second in the interval carrying at least the mean, so
+    ``peak >= sum(weight * g) / l``.  ``g`` is piecewise linear with slopes +-1, so for
+    all ``a`` at once it is four point masses in its second difference; runs of a
+    period ``p`` are summed on ``p`` residues and tiled.
+
+    Returns (bound, best interval length) arrays of shape (n_arrays, 2) for (runs, MB).
+    """
+    best = np.zeros((n_arrays, 2))
+    best_len = np.zeros((n_arrays, 2), dtype=np.int64)
+    rows = n_arrays * 2
+    for ell in lengths:
+        acc = np.zeros((rows, length))
+        for g in groups:
+            a_ = ell - g.slack  # the "A" of g(x)
+            b_ = g.dur
+            ok = a_ + b_ >= 2
+            if not ok.any():
+                continue
+            a_, b_ = a_[ok], b_[ok]
+            c = np.minimum(b_, ell)
+            rel = g.release[ok]
+            knee1 = np.minimum(c - a_, (b_ - a_) // 2)
+            knee2 = np.maximum(b_ - c, -((a_ - b_) // 2))
+            pos = np.concatenate([rel - a_, rel + knee1, rel + knee2, rel + b_])
+            lo = int(pos.min())
+            span = int(pos.max()) - lo + 2
+            sign = np.repeat(np.array([1.0, -1.0, -1.0, 1.0]), len(rel))
+            arr = np.tile(g.array[ok], 4)
+            mem = np.tile(g.mem[ok], 4)
+            idx = np.concatenate([(2 * arr) * span + pos - lo, (2 * arr + 1) * span + pos - lo])
+            wts = np.concatenate([sign, sign * mem])
+            d2 = np.bincount(idx, wts, rows * span).reshape(rows, span)
+            vals = np.zeros((rows, span))
+            vals[:, 1:] = np.cumsum(np.cumsum(d2, axis=1), axis=1)[:, :-1]  # g at x = sum_{y<x} d1(y)
+            p = g.period
+            shift = lo % p
+            total = shift + span
+            padded = np.zeros((rows, -(-total // p) * p))
+            padded[:, shift:total] = vals
+            folded = padded.reshape(rows, -1, p).sum(axis=1)
+            acc.reshape(rows, length // p, p)[...] += folded[:, None, :]
+        here = (acc.max(axis=1) / ell).reshape(n_arrays, 2)
+        better = here > best
+        best = np.where(better, here, best)
+        best_len = np.where(better, ell, best_len)
+    return best, best_len
+
+
+def _bounds(model: _Model, *, slots: bool = True) -> np.ndarray:
+    """(n_arrays, 2) lower bounds on (peak runs, peak MB) for total and each slot."""
+    n_arrays = model.n_arrays if slots else 1
+    bound, _ = _energetic(_groups(model, slots=slots), n_arrays, model.length)
+    # A single job alone already reaches selfk runs and selfk * memory.
+    for c in model.jobs + model.peer:
+        arrays = (0, 1 + c.slot) if (slots and c.slot >= 0) else (0,)
+        for a in arrays:
+            bound[a, 0] = max(bound[a, 0], c.selfk)
+            bound[a, 1] = max(bound[a, 1], c.selfk * c.mem)
+    _against_fixed(model, bound, n_arrays)
+    bound[:, 0] = np.ceil(bound[:, 0] - 1e-9)  # run counts are whole numbers
+    return bound
+
+
+def _against_fixed(model: _Model, bound: np.ndarray, n_arrays: int) -> None:
+    """Each movable job on top of the fixed load: wherever it starts, the peak is at least
+    the highest fixed load (pinned + peer) it meets, plus its own runs."""
+    fixed = _fixed_load(model)[:n_arrays]
+    length = model.length
+    folds: dict[tuple[int, int], np.ndarray] = {}
+    seen: dict[tuple, np.ndarray] = {}
+    for c in model.jobs:
+        if c.fixed:
+            continue
+        for a in (0, 1 + c.slot)[:n_arrays]:
+            if not fixed[a].any():
+                continue
+            key = (a, c.period, c.head.tobytes(), c.base, c.window, c.dur)
+            low = seen.get(key)
+            if low is None:
+                f = folds.get((a, c.period))
+                if f is None:
+                    f = folds[(a, c.period)] = fixed[a].reshape(2, length // c.period, c.period).max(axis=1)
+                if c.dur >= c.period:
+                    low = f.max(axis=1)
+                else:
+                    idx = (c.head[:, None] + (c.base + np.arange(c.window + c.dur - 1))[None, :]) % c.period
+                    low = _sliding_max(f[:, idx], c.dur).max(axis=1).min(axis=1)
+                seen[key] = low
+            bound[a] = np.maximum(bound[a], low + c.selfk * np.array([1.0, c.mem]))
+
+
+def _peaks_from(model: _Model, arr: np.ndarray) -> Peaks:
+    slots = {s: (float(arr[1 + i, 0]), float(arr[1 + i, 1])) for i, s in enumerate(model.slots)}
+    return Peaks(float(arr[0, 0]), float(arr[0, 1]), slots)
+
+
+def lower_bound(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, day: dt.date | None = None) -> Peaks:
+    """A peak no plan can beat, for runs and memory, in total and per slot.
+
+    The maximum of valid bounds, each holding for every choice of offsets:
+
+    * energetic reasoning (:func:`_energetic`) over circular intervals of the lengths in
+      ``BOUND_LENGTHS``: the least work forced into an interval, divided by its length.
+      With length 1 it is the compulsory load: pinned and peer runs, plus every run
+      whose duration is at least its window (it is running at its tick + window - 1
+      wherever it starts).  With longer intervals it is the group bound: runs whose
+      windows all lie in [T, T + W) are entirely inside [T, T + W - 1 + max d], so
+      ``peak >= sum(d*m) / (W - 1 + max d)``, generalised to overlapping windows of
+      different jobs and to partial overlaps;
+    * the largest single job, times the number of its own runs alive at once;
+    * every movable job on top of the fixed load: whatever its offset, its runs meet the
+      fixed load somewhere, so the peak is at least the least, over its offsets, of the
+      highest fixed load its runs touch, plus the job itself.
+
+    Run counts are rounded up, as a peak of runs is a whole number.
+    """
+    model = _Model(jobs, peer, day)
+    return _peaks_from(model, _bounds(model))
+
+
+# --------------------------------------------------------------------------------------
+# Optimisation
+# --------------------------------------------------------------------------------------
+def _sliding_max(a: np.ndarray, width: int) -> np.ndarray:
+    """Max over each window of ``width`` along the last axis (log-doubling)."""
+    out = a
+    k = 1
+    while 2 * k <= width:
+        out = np.maximum(out[..., :-k], out[..., k:])
+        k *= 2
+    if k < width:
+        out = np.maximum(out[..., : out.shape[-1] - (width - k)], out[..., width - k:])
+    return out
+
+
+class _Engine:
+    """Load arrays plus the machinery to evaluate and place one job quickly.
+
+    ``X[a]`` holds (runs, MB) per second for load ``a`` (0 = total, 1 + s = slot s) and
+    ``E[a] = exp(beta * (X[a] / bound - 1))``, the terms of the smooth "soft peak"
+    ``sum_t E``.  Its fold by a period is a sum, and adding a pattern that repeats with
+    that period multiplies the fold by ``exp(beta * delta / bound)``: exact and O(period).
+    Changes of jobs with a period ``q`` below the cycle are kept as a (runs, MB) pattern
+    of length ``q`` in ``pending`` and only tiled into ``X``/``E`` when another period is
+    entered, so a placement costs O(q), not O(cycle).
+    """
+
+    def __init__(self, model: _Model, scales: np.ndarray, objective: str, beta: float) -> None:
+        self.model = model
+        self.length = model.length
+        self.X = np.zeros((model.n_arrays, 2, model.length))
+        self.inv = 1.0 / np.maximum(scales, 1e-9)
+        self.objective = objective
+        # Soft-peak weight of the (runs, MB) rows: the favoured resource dominates.
+        self.row_weight = {"memory": np.array([0.05, 1.0]), "jobs": np.array([1.0, 0.05])}.get(
+            objective, np.array([1.0, 1.0]))
+        self.set_beta(beta)
+        self.pending: dict[int, np.ndarray] = {}
+        self.pending_arrays: dict[int, set[int]] = {}
+        self.period: int | None = None
+        self.fmax: dict[int, np.ndarray] = {}
+        self.fsum: dict[int, np.ndarray] = {}
+        self.offsets = np.array([c.offset0 for c in model.jobs], dtype=np.int64)
+
+    def set_beta(self, beta: float) -> None:
+        """(Re)build the soft-peak terms for a new sharpness."""
+        self.beta = beta
+        self.binv = beta * self.inv  # (n_arrays, 2)
+        self.E = np.exp(np.minimum(self.X * self.binv[:, :, None] - beta, _EXP_CAP))
+        self.fsum = {}
+
+    # -- state ------------------------------------------------------------------------
+    def _materialize(self) -> None:
+        n_arr, length = self.X.shape[0], self.length
+        for q, acc in self.pending.items():
+            xv = self.X.reshape(n_arr, 2, length // q, q)
+            ev = self.E.reshape(n_arr, 2, length // q, q)
+            for a in self.pending_arrays[q]:
+                xv[a] += acc[a][:, None, :]
+                ev[a] *= np.exp(acc[a] * self.binv[a][:, None])[:, None, :]
+        self.pending.clear()
+        self.pending_arrays.clear()
+
+    def enter(self, period: int) -> None:
+        """Work on jobs of this period next (folds are per period)."""
+        if period != self.period:
+            self._materialize()
+            self.fmax, self.fsum = {}, {}
+            self.period = period
+
+    def sync(self) -> np.ndarray:
+        """Apply all pending changes; returns X."""
+        self._materialize()
+        self.fmax, self.fsum = {}, {}
+        self.period = None
+        return self.X
+
+    def add_fixed(self, load: np.ndarray, array: int) -> None:
+        self.X[array] += load
+        self.E[array] *= np.exp(np.minimum(load * self.binv[array][:, None], _EXP_CAP))
+
+    def _flush(self, a: int) -> None:
+        """Apply this period's pending changes of load ``a`` before folding it."""
+        p = self.period
+        if a in self.pending_arrays.get(p, ()):
+            acc = self.pending[p][a]
+            self.X[a].reshape(2, self.length // p, p)[...] += acc[:, None, :]
+            self.E[a].reshape(2, self.length // p, p)[...] *= np.exp(acc * self.binv[a][:, None])[:, None, :]
+            acc[...] = 0.0
+            self.pending_arrays[p].discard(a)
+
+    def _fold_max(self, a: int) -> np.ndarray:
+        fm = self.fmax.get(a)
+        if fm is None:
+            self._flush(a)
+            p = self.period
+            fm = self.X[a] if p == self.length else self.X[a].reshape(2, self.length // p, p).max(axis=1)
+            self.fmax[a] = fm
+        return fm
+
+    def _fold_sum(self, a: int) -> np.ndarray:
+        fs = self.fsum.get(a)
+        if fs is None:
+            self._flush(a)
+            p = self.period
+            fs = self.E[a] if p == self.length else self.E[a].reshape(2, self.length // p, p).sum(axis=1)
+            self.fsum[a] = fs
+        return fs
+
+    def _arrays(self, c: _Job) -> tuple[int, int]:
+        return (0, 1 + c.slot)
+
+    def place(self, j: int, offset: int, sign: float = 1.0) -> None:
+        """Add (sign=1) or remove (sign=-1) job j's runs at ``offset``."""
+        c = self.model.jobs[j]
+        p = c.period
+        w = np.array([sign, sign * c.mem])
+        arrays = self._arrays(c)
+        # Few seconds touched and no self-overlap: update just those (distinct) positions.
+        sparse = len(c.head) * c.dur * 4 < p and c.selfk <= 1
+        if sparse:
+            pos = ((c.head + offset)[:, None] + np.arange(c.dur)).ravel() % p
+        else:
+            pat = _circ_counts((c.head + offset) % p, c.dur, p)
+        if p == self.length:
+            for a in arrays:
+                if sparse:
+                    self.X[a][:, pos] += w[:, None]
+                    self.E[a][:, pos] *= np.exp(w * self.binv[a])[:, None]
+                else:
+                    delta = w[:, None] * pat
+                    self.X[a] += delta
+                    self.E[a] *= np.exp(delta * self.binv[a][:, None])
+        else:
+            assert self.period == p
+            acc = self.pending.get(p)
+            if acc is None:
+                acc = self.pending[p] = np.zeros((self.X.shape[0], 2, p))
+                self.pending_arrays[p] = set()
+            for a in arrays:
+                self.pending_arrays[p].add(a)
+                # Exact for the fold: the change repeats with the fold's own period.
+                if sparse:
+                    acc[a][:, pos] += w[:, None]
+                    if a in self.fmax:
+                        self.fmax[a][:, pos] += w[:, None]
+                    if a in self.fsum:
+                        self.fsum[a][:, pos] *= np.exp(w * self.binv[a])[:, None]
+                else:
+                    delta = w[:, None] * pat
+                    acc[a] += delta
+                    if a in self.fmax:
+                        self.fmax[a] += delta
+                    if a in self.fsum:
+                        self.fsum[a] *= np.exp(delta * self.binv[a][:, None])
+        self.offsets[j] = offset
+
+    def scores(self, j: int, peaks: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        """Per candidate offset: the (4, window) normalised peaks the job would see (if
+        ``peaks``) and the increase of the soft peak (weighted by the objective)."""
+        c = self.model.jobs[j]
+        p = c.period
+        rows = []
+        soft = np.zeros(c.window)
+        w = np.array([1.0, c.mem])
+        if c.dur < p and c.idx is None:
+            c.idx = (c.head[:, None] + (c.base + np.arange(c.window + c.dur - 1))[None, :]) % p
+        for a in self._arrays(c):
+            fs = self._fold_sum(a)
+            gain = np.expm1(w * self.binv[a]) * self.row_weight  # exp(beta * w / bound) - 1
+            if c.dur >= p:
+                soft += float((fs.sum(axis=1) * len(c.head) * gain).sum())
+            else:
+                cs = np.cumsum(fs[:, c.idx], axis=-1)
+                s = cs[..., c.dur - 1:].copy()
+                s[..., 1:] -= cs[..., : -c.dur]
+                soft += gain @ s.sum(axis=1)
+            if peaks:
+                fm = self._fold_max(a)
+                if c.dur >= p:
+                    v = np.repeat(fm.max(axis=1)[:, None], c.window, axis=1)
+                else:
+                    v = _sliding_max(fm[:, c.idx], c.dur).max(axis=1)
+                rows.append((v + (w * c.selfk)[:, None]) * self.inv[a][:, None])
+        return (np.concatenate(rows) if peaks else None), soft
+
+    def choose(self, j: int, prefer: int, mode: str = "soft") -> int:
+        """Best offset for job j given the current load (its own runs removed).
+
+        ``soft``: least increase of the soft peak; ``max``: lowest normalised peak over
+        the seconds the job touches (per the objective), the soft peak breaking ties.
+        The current offset wins exact ties, so nothing moves without a reason.
+        """
+        c = self.model.jobs[j]
+        if c.window == 1:
+            return c.base
+        peaks, soft = self.scores(j, mode == "max")
+        cand = c.base + np.arange(c.window)
+        not_prefer = (cand != prefer).astype(float)
+        # On a log scale (the terms span many orders of magnitude), rounded so ties are real ties.
+        soft_key = np.round(np.log(np.maximum(soft, 1e-300)), 9)
+        if mode == "max":
+            # peaks rows: total runs, total MB, slot runs, slot MB
+            if self.objective == "memory":
+                first = peaks[[1, 3]].max(axis=0) + 1e-3 * peaks[[0, 2]].max(axis=0)
+            elif self.objective == "jobs":
+                first = peaks[[0, 2]].max(axis=0) + 1e-3 * peaks[[1, 3]].max(axis=0)
+            else:
+                first = peaks.max(axis=0)
+            keys = (not_prefer, soft_key, np.round(first, 9))
+        else:
+            keys = (not_prefer, soft_key)
+        return int(cand[np.lexsort(keys)[0]])
+
+
+def _objective_key(X: np.ndarray, inv: np.ndarray, objective: str) -> tuple[float, ...]:
+    """Global score of a load state (smaller is better)."""
+    peaks = X.max(axis=2) * inv  # (n_arrays, 2)
+    if objective == "memory":
+        order = (peaks[:, 1].max(), peaks[:, 0].max())
+    elif objective == "jobs":
+        order = (peaks[:, 0].max(), peaks[:, 1].max())
+    else:
+        order = (peaks.max(),)
+    worst = np.unravel_index(int(np.argmax(peaks)), peaks.shape)
+    at_peak = int((X[worst[0], worst[1]] * inv[worst] >= peaks[worst] - 1e-9).sum())
+    return tuple(round(float(v), 9) for v in order) + (at_peak, round(float(peaks.sum()), 9))
+
+
+class _Coverage:
+    """Vectorised "which jobs are running at second t" for the local search."""
+
+    def __init__(self, model: _Model) -> None:
+        movable = [j for j, c in enumerate(model.jobs) if not c.fixed and c.window > 1]
+        self.owner = np.concatenate([np.full(len(model.jobs[j].head), j) for j in movable]) if movable else \
+            np.zeros(0, dtype=np.int64)
+        self.head = np.concatenate([model.jobs[j].head for j in movable]) if movable else np.zeros(0, dtype=np.int64)
+        self.period = np.array([model.jobs[j].period for j in self.owner], dtype=np.int64)
+        self.dur = np.array([model.jobs[j].dur for j in self.owner], dtype=np.int64)
+        self.slot = np.array([model.jobs[j].slot for j in self.owner], dtype=np.int64)
+
+    def at(self, offsets: np.ndarray, second: int, slot: int | None, radius: int = 0) -> np.ndarray:
+        """Movable jobs with a run meeting [second - radius, second + radius] (in ``slot`` if given)."""
+        if not self.owner.size:
+            return self.owner
+        lo = second - radius
+        start = self.head + offsets[self.owner]
+        hit = (((lo - start) % self.period) < self.dur) | (((start - lo) % self.period) <= 2 * radius)
+        if slot is not None:
+            hit &= self.slot == slot
+        return np.unique(self.owner[hit])
+
+
+def _size_order(model: _Model, scales: np.ndarray) -> list[int]:
+    """Movable jobs in placement order: size tiers (x2), by period within a tier, large first."""
+    movable = [j for j, c in enumerate(model.jobs) if not c.fixed]
+    if not movable:
+        return []
+    inv_j = 1.0 / max(scales[0, 0], 1e-9)
+    inv_m = 1.0 / max(scales[0, 1], 1e-9)
+    size = {j: model.jobs[j].dur * (inv_j + model.jobs[j].mem * inv_m) for j in movable}
+    top = max(size.values())
+    # Tiers of a factor 2 keep "largest first" while letting jobs of one period share a fold.
+    tier = {j: int(math.floor(math.log2(top / max(size[j], top * 1e-12)))) for j in movable}
+    return sorted(movable, key=lambda j: (tier[j], model.jobs[j].period, -size[j], j))
+
+
+def _fixed_load(model: _Model) -> np.ndarray:
+    """(n_arrays, 2, cycle) load of the runs that cannot move: peer and pinned jobs."""
+    length = model.length
+    out = np.zeros((model.n_arrays, 2, length))
+    groups: list[tuple[tuple[int, ...], list[_Job]]] = [((0,), list(model.peer))]
+    for s in range(len(model.slots)):
+        groups.append(((0, 1 + s), [c for c in model.jobs if c.fixed and c.slot == s]))
+    for arrays, comp in groups:
+        if not comp:
+            continue
+        starts = np.concatenate([(c.ticks + c.offset0) % length for c in comp])
+        durs = np.concatenate([np.full(len(c.ticks), c.dur) for c in comp])
+        mem = np.concatenate([np.full(len(c.ticks), c.mem) for c in comp])
+        load = np.stack([_circ_counts(starts, durs, length), _circ_counts(starts, durs, length, mem)])
+        for a in arrays:
+            out[a] += load
+    return out
+
+
+def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective: str = "balanced",
+             day: dt.date | None = None, passes: int = 4, rounds: int = 40, time_budget_s: float = 6.0,
+             tune: dict | None = None) -> Plan:
+    """Choose every unpinned job's offset within its window to flatten the peaks.
+
+    See the module docstring for the objective and the algorithm.  ``passes`` and
+    ``rounds`` cap the two local-search phases (deterministic); ``time_budget_s`` (CPU
+    seconds) stops the passes on very large inputs.  Peer jobs are fixed load in the
+    totals.  ``tune`` overrides search constants for experiments (``beta``,
+    ``beta_end``, ``radii``, ``max_lift``, ``rr_share``).
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    cfg = {"beta": 20.0, "beta_end": 60.0, "greedy_mode": "soft", "pass_mode": "soft"}
+    cfg.update(tune or {})
+    t0 = time.perf_counter()
+    # CPU time, so that a busy machine does not change the plan.
+    cpu0 = time.process_time()
+    deadline = cpu0 + time_budget_s
+    model = _Model(jobs, peer, day)
+    bound = _bounds(model)
+    t_bound = time.perf_counter() - t0
+    scales = np.where(bound > 0, bound, 1.0)
+    eng = _Engine(model, scales, objective, cfg["beta"])
+
+    # Fixed load: peer (total only) and pinned jobs (total and their slot).
+    fixed = _fixed_load(model)
+    for a in range(model.n_arrays):
+        if fixed[a].any():
+            eng.add_fixed(fixed[a], a)
+
+    # 1. Greedy, largest first.
+    order = _size_order(model, scales)
+    for j in order:
+        c = model.jobs[j]
+        eng.enter(c.period)
+        eng.place(j, eng.choose(j, prefer=c.offset0, mode=cfg["greedy_mode"]))
+    t_greedy = time.perf_counter() - t0
+
+    # 2. Passes over every movable job: lift it, re-place it on the soft peak, sharpening as we go.
+    by_period = sorted(order, key=lambda j: model.jobs[j].period)  # stable: large first within a period
+    n_passes = 0
+    for k in range(passes):
+        if time.process_time() > deadline:
+            break
+        if passes > 1:
+            eng.sync()
+            eng.set_beta(cfg["beta"] + (cfg["beta_end"] - cfg["beta"]) * k / (passes - 1))
+        moved = 0
+        for i, j in enumerate(by_period):
+            c = model.jobs[j]
+            if c.window == 1:
+                continue
+            if i % 256 == 0 and time.process_time() > deadline:
+                break
+            eng.enter(c.period)
+            old = int(eng.offsets[j])
+            eng.place(j, old, -1.0)
+            new = eng.choose(j, prefer=old, mode=cfg["pass_mode"])
+            eng.place(j, new)
+            moved += new != old
+        n_passes += 1
+        if not moved:
+            break
+    t_passes = time.perf_counter() - t0
+
+    # 3. Ruin and recreate: lift every job near the worst second of the worst load, put them
+    # back largest first on the exact peak; keep the result only if the plan got better.
+    cover = _Coverage(model)
+    rank = {j: i for i, j in enumerate(order)}
+    best_key = _objective_key(eng.sync(), eng.inv, objective)
+    best_offsets = eng.offsets.copy()
+    stuck: set[tuple[int, int]] = set()
+    tries: dict[tuple[int, int], int] = {}  # failed attempts per target: the lifted region widens
+    n_rounds = 0
+    radii = cfg.get("radii", (30, 120))
+    max_lift = int(cfg.get("max_lift", 150))
+    # This phase rarely gains much on large inputs: give it a quarter of the time spent so far.
+    cpu_now = time.process_time()
+    rr_deadline = min(deadline, cpu_now + max(0.1, cfg.get("rr_share", 0.25) * (cpu_now - cpu0)))
+    for _ in range(rounds):
+        if time.process_time() > rr_deadline:
+            break
+        X = eng.sync()
+        peaks = X.max(axis=2) * eng.inv
+        target = None
+        for flat in np.argsort(-peaks, axis=None):
+            a, r = (int(v) for v in np.unravel_index(int(flat), peaks.shape))
+            if (a, r) not in stuck and peaks[a, r] > 0:
+                target = (a, r)
+                break
+        if target is None:
+            break
+        a, r = target
+        second = int(np.argmax(X[a, r]))
+        slot = None if a == 0 else a - 1
+        lifted = cover.at(eng.offsets, second, slot, radii[tries.get(target, 0)])
+        if lifted.size > max_lift:  # keep those at the peak second, then the largest
+            core = set(cover.at(eng.offsets, second, slot).tolist())
+            rest = sorted((j for j in lifted.tolist() if j not in core), key=rank.__getitem__)
+            lifted = np.array(sorted(core, key=rank.__getitem__)[:max_lift] + rest[: max(0, max_lift - len(core))])
+        if not lifted.size:
+            stuck.add(target)
+            continue
+        n_rounds += 1
+        lifted_list = sorted(lifted.tolist(), key=rank.__getitem__)
+        old = {j: int(eng.offsets[j]) for j in lifted_list}
+        for j in sorted(lifted_list, key=lambda j: model.jobs[j].period):
+            eng.enter(model.jobs[j].period)
+            eng.place(j, old[j], -1.0)
+        for j in lifted_list:
+            eng.enter(model.jobs[j].period)
+            eng.place(j, eng.choose(j, prefer=old[j], mode="max"))
+        key = _objective_key(eng.sync(), eng.inv, objective)
+        if key < best_key:
+            best_key, best_offsets = key, eng.offsets.copy()
+            stuck.clear()
+            tries.clear()
+        else:
+            for j in sorted(lifted_list, key=lambda j: model.jobs[j].period):  # undo
+                eng.enter(model.jobs[j].period)
+                eng.place(j, int(eng.offsets[j]), -1.0)
+                eng.place(j, old[j])
+            tries[target] = tries.get(target, 0) + 1
+            if tries[target] >= len(radii):
+                stuck.add(target)
+    offsets = best_offsets
+
+    before = _profile(model, np.array([c.offset0 for c in model.jobs], dtype=np.int64))
+    after = _profile(model, offsets)
+    peer_load = _profile(_Model([], peer, model.day), np.zeros(0, dtype=np.int64))
+    assignments = [
+        Assignment(j.name, j.slot, j.pinned, int(c.window), int(c.offset0), int(offsets[i]))
+        for i, (j, c) in enumerate(zip(jobs, model.jobs, strict=True))
+    ]
+    stats = {"bound_s": round(t_bound, 4), "greedy_s": round(t_greedy, 4), "passes_s": round(t_passes, 4),
+             "passes": n_passes, "rr_rounds": n_rounds, "jobs": len(jobs), "peer": len(peer)}
+    return Plan(objective, [int(o) for o in offsets], assignments, before, after, peer_load,
+                _peaks_from(model, bound), time.perf_counter() - t0, stats)
+
+
+# --------------------------------------------------------------------------------------
+# Duration variation
+# --------------------------------------------------------------------------------------
+def sample_variation(jobs: Sequence[PlanJob], peer: Sequence[PlanJob], offsets: Sequence[int] | None,
+                     rng: np.random.Generator, n: int = 5, *, day: dt.date | None = None,
+                     bounds: list[tuple[float, float]] | None = None) -> Variation:
+    """Peaks of a plan when every run's duration varies, against the bound of each sample.
+
+    Each run (ours, pinned and peer alike) lasts ``duration / 1.6 * exp(sigma * Z)``
+    seconds, Z standard normal and ``sigma = ln(1.6) / 1.645``: a lognormal whose
+    median is ``duration / 1.6`` and whose 95th percentile is ``duration`` (durations
+    are planned at their p95).  Draws depend only on ``rng`` and the job list, not on
+    the offsets, so two plans sampled with equally seeded generators see the same
+    durations.  For each sample the total peaks are compared with the lower bound of
+    the same sampled durations (what a planner knowing them in advance could at best
+    reach); pass ``bounds`` from an earlier call with the same seed to skip recomputing
+    them.
+    """
+    model = _Model(jobs, peer, day)
+    offs = _offsets_array(model, offsets)
+    ticks, owner = model.runs("jobs")
+    pticks, powner = model.runs("peer")
+    base = np.array([j.duration_s for j in jobs], dtype=float)[owner] / P95_OVER_MEDIAN if len(jobs) else np.zeros(0)
+    pbase = (np.array([j.duration_s for j in peer], dtype=float)[powner] / P95_OVER_MEDIAN
+             if len(peer) else np.zeros(0))
+    out = Variation([], [], [], [])
+    for k in range(n):
+        d = np.maximum(1, np.ceil(base * np.exp(LOGNORMAL_SIGMA * rng.standard_normal(base.shape)) - 1e-9))
+        pd = np.maximum(1, np.ceil(pbase * np.exp(LOGNORMAL_SIGMA * rng.standard_normal(pbase.shape)) - 1e-9))
+        d, pd = d.astype(np.int64), pd.astype(np.int64)
+        prof = _profile(model, offs, d, pd, with_slots=False)
+        out.peak_jobs.append(prof.peak_jobs)
+        out.peak_memory_mb.append(prof.peak_memory_mb)
+        if bounds is not None and k < len(bounds):
+            bj, bm = bounds[k]
+        else:
+            bj, bm = _sample_bound(model, ticks, owner, d, pticks, powner, pd)
+        out.bound_jobs.append(bj)
+        out.bound_memory_mb.append(bm)
+    return out
+
+
+def _sample_bound(model: _Model, ticks: np.ndarray, owner: np.ndarray, d: np.ndarray,
+                  pticks: np.ndarray, powner: np.ndarray, pd: np.ndarray) -> tuple[float, float]:
+    """Total lower bound with per-run durations (each run its own release and slack)."""
+    jobs, peer = model.jobs, model.peer
+    base = np.array([c.base for c in jobs], dtype=np.int64)
+    slack = np.array([c.window - 1 for c in jobs], dtype=np.int64)
+    mem = np.array([c.mem for c in jobs])
+    pbase = np.array([c.offset0 for c in peer], dtype=np.int64)
+    pmem = np.array([c.mem for c in peer])
+    release = np.concatenate([(ticks + base[owner]) % model.length, (pticks + pbase[powner]) % model.length])
+    group = _RunGroup(
+        model.length, np.zeros(len(release), dtype=np.int64), release,
+        np.concatenate([slack[owner], np.zeros(len(pticks), dtype=np.int64)]),
+        np.concatenate([d, pd]), np.concatenate([mem[owner], pmem[powner]]))
+    bound, _ = _energetic([group], 1, model.length)
+    bj = math.ceil(bound[0, 0] - 1e-9)
+    bm = float(bound[0, 1])
+    # The largest single run is a bound too.
+    if len(release):
+        bj = max(bj, 1)
+        bm = max(bm, float(group.mem.max()))
+    return float(bj), bm
+
+
+# --------------------------------------------------------------------------------------
+# Picture
+# --------------------------------------------------------------------------------------
+def _envelope(values: np.ndarray, buckets: int) -> np.ndarray:
+    """Per-bucket maximum: keeps every peak visible however narrow."""
+    n = len(values)
+    size = -(-n // buckets)
+    padded = np.full(size * buckets, -np.inf)
+    padded[:n] = values
+    return padded.reshape(buckets, size).max(axis=1)
+
+
+def svg_plot(before_profile: LoadProfile, after_profile: LoadProfile, peer_profile: LoadProfile | None,
+             path: str | Path, *, title: str = "Load over 24 h (UTC), 1-minute maxima") -> Path:
+    """Write a self-contained SVG: runs and memory over the day, before, after and peer.
+
+    Lines differ by dash pattern as well as colour, and each panel states its peaks in
+    text, so the picture reads in greyscale too.
+    """
+    width, panel_h, left, right, top, gap = 960, 250, 70, 20, 60, 70
+    plot_w = width - left - right
+    height = top + 2 * panel_h + gap + 90
+    buckets = 1440
+    series = [
+        ("before (ours + peer)", before_profile, "#9e9e9e", "8,5", 1.6),
+        ("after (ours + peer)", after_profile, "#1565c0", "", 1.8),
+    ]
+    if peer_profile is not None:
+        series.append(("peer only (fixed)", peer_profile, "#c62828", "2,3", 1.4))
+    out: list[str] = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="24" text-anchor="middle" font-size="16">{escape(title)}</text>',
+    ]
+    panels = [("Concurrent runs", "jobs", "runs"), ("Concurrent memory", "memory", "MB")]
+    for k, (label, attr, unit) in enumerate(panels):
+        y0 = top + k * (panel_h + gap)
+        curves = [(name, _envelope(getattr(p, attr).astype(float), buckets), colour, dash, sw)
+                  for name, p, colour, dash, sw in series]
+        ymax = max(float(c[1].max()) for c in curves) or 1.0
+        ymax = _nice(ymax)
+        out.append(f'<text x="{left}" y="{y0 - 10}" font-size="14" font-weight="bold">{escape(label)} ({unit})</text>')
+        out.append(f'<rect x="{left}" y="{y0}" width="{plot_w}" height="{panel_h}" fill="none" stroke="#444"/>')
+        for i in range(5):  # y grid and labels
+            v = ymax * i / 4
+            y = y0 + panel_h - panel_h * i / 4
+            out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e0e0e0"/>')
+            out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(v)}</text>')
+        for h in range(0, 25, 3):  # x axis: hours
+            x = left + plot_w * h / 24
+            out.append(f'<line x1="{x:.1f}" y1="{y0 + panel_h}" x2="{x:.1f}" y2="{y0 + panel_h + 5}" stroke="#444"/>')
+            out.append(f'<text x="{x:.1f}" y="{y0 + panel_h + 18}" text-anchor="middle">{h:02d}:00</text>')
+        out.append(f'<text x="{left + plot_w / 2}" y="{y0 + panel_h + 34}" '
+                   'text-anchor="middle">time of day (UTC)</text>')
+        for name, values, colour, dash, sw in curves:
+            pts = []
+            for i, v in enumerate(values):  # step line: flat over each minute
+                x1 = left + plot_w * i / buckets
+                x2 = left + plot_w * (i + 1) / buckets
+                y = y0 + panel_h - panel_h * float(v) / ymax
+                pts.append(f"{x1:.1f},{y:.1f} {x2:.1f},{y:.1f}")
+            dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+            out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="{sw}"{dash_attr} '
+                       f'points="{" ".join(pts)}"><title>{escape(name)}</title></polyline>')
+        peaks = "; ".join(f"{name}: peak {_fmt(float(values.max()))} {unit}" for name, values, *_ in curves)
+        out.append(f'<text x="{left + 6}" y="{y0 + 16}" font-size="11">{escape(peaks)}</text>')
+    ly = top + 2 * panel_h + gap + 50
+    x = left
+    for name, _p, colour, dash, sw in series:  # legend: sample line + text
+        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+        out.append(f'<line x1="{x}" y1="{ly}" x2="{x + 40}" y2="{ly}" stroke="{colour}" '
+                   f'stroke-width="{sw + 1}"{dash_attr}/>')
+        style = {"": "solid", "8,5": "dashed", "2,3": "dotted"}[dash]
+        out.append(f'<text x="{x + 48}" y="{ly + 4}">{escape(name)} ({style})</text>')
+        x += 280
+    out.append("</svg>")
+    target = Path(path)
+    target.write_text("\n".join(out), encoding="utf-8")
+    return target
+
+
+def _nice(v: float) -> float:
+    """Round an axis maximum up to 1, 2 or 5 times a power of ten."""
+    if v <= 0:
+        return 1.0
+    exp = 10 ** math.floor(math.log10(v))
+    for m in (1, 2, 5, 10):
+        if v <= m * exp:
+            return m * exp
+    return 10 * exp
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 10 or v == int(v) else f"{v:.1f}"
