@@ -107,8 +107,9 @@ SPECS: dict[str, Spec] = {
                                  "runs archived and deleted per transaction"),
     "RETENTION_AT": Spec("SMARTCRON_RETENTION_AT", lambda: envstr("SMARTCRON_RETENTION_AT", "17 3"),
                          "'minute hour' (UTC) of the daily prune"),
-    "STATS_HOURS_KEPT": Spec("SMARTCRON_STATS_HOURS_KEPT", _int("SMARTCRON_STATS_HOURS_KEPT", 72, 25),
-                             "hourly stats buckets older than this are deleted by the daily prune"),
+    "STATS_HOURS_KEPT": Spec("SMARTCRON_STATS_HOURS_KEPT", _int("SMARTCRON_STATS_HOURS_KEPT", 25, 25),
+                             "hourly stats buckets kept (the watchdog deletes older ones; the 24 h window needs "
+                             "25)"),
     # --- /metrics ---------------------------------------------------------------------------------------
     "METRICS_JOB_HISTOGRAMS": Spec("SMARTCRON_METRICS_JOB_HISTOGRAMS",
                                    lambda: envbool("SMARTCRON_METRICS_JOB_HISTOGRAMS", True),

@@ -35,7 +35,14 @@ def run_and_wait(job: Job, timeout: float = 60) -> JobRun:
         r = JobRun.objects.get(pk=run.pk)
         return r if r.is_final else None
 
-    return wait_for(done, timeout, 0.1, f"run {run.pk} of {job.name}")
+    final = wait_for(done, timeout, 0.1, f"run {run.pk} of {job.name}")
+    # The job's instance lease is released after the run's bookkeeping: wait for it, so
+    # that the next run_now is not (rightly) skipped by the 'forbid' overlap policy.
+    from slots.leases import job_key
+    from slots.redis_client import get_redis
+
+    wait_for(lambda: get_redis().zcard(job_key(job.pk)) == 0, 15, 0.05, "the job's lease to be released")
+    return final
 
 
 def test_a_run_that_allocates_far_more_than_its_normal_raises_high_memory(make_job, workers, scripts_root):
