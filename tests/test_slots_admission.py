@@ -394,6 +394,7 @@ def test_guard_kill_policy_asks_the_worker_to_kill(job, redis_client, settings):
     assert admission.kill_reason(run.pk).startswith(host_guard.HOST_KILL_PREFIX)
 
 
+@pytest.mark.nomysql  # the fake worker below talks to the SQLite test database
 def test_orphans_of_a_dead_worker_are_reaped(job, redis_client, tmp_path):
     run = queued_run(job("orphaned"))
     # A "worker" that starts a tagged script and dies at once, like a SIGKILLed worker.
