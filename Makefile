@@ -40,7 +40,7 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 
 bench: install-dev
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b $(if $(findstring bench_recording,$$b),--quick,) || exit 1; done
 
 check-deploy: install
 	SMARTCRON_MODE=production SECRET_KEY=$$($(PY) -c 'import secrets;print(secrets.token_urlsafe(50))') \

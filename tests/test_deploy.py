@@ -65,9 +65,10 @@ def test_compose_takes_secrets_from_the_environment_only():
 
 def env_vars_read_by_code() -> set[str]:
     names = set()
-    pattern = re.compile(r"env(?:str|int|bool|float|list)\(\s*\"([A-Z0-9_]+)\"")
+    # envstr("NAME", ...) and the like, and any other quoted SMARTCRON_* name in a conf module.
+    pattern = re.compile(r"env(?:str|int|bool|float|list)\(\s*\"([A-Z0-9_]+)\"|\"(SMARTCRON_[A-Z0-9_]+)\"")
     for path in list(ROOT.glob("*/conf.py")) + [ROOT / "smartcron_project" / "settings.py"]:
-        names.update(pattern.findall(path.read_text()))
+        names.update(a or b for a, b in pattern.findall(path.read_text()))
     return names
 
 
