@@ -7,7 +7,9 @@ WORKDIR /app
 COPY requirements.txt requirements-mysql.txt ./
 RUN pip install --no-cache-dir -r requirements.txt -r requirements-mysql.txt
 COPY . .
-RUN SECRET_KEY=build-only-not-secret ALLOWED_HOSTS=localhost python manage.py collectstatic --noinput
+# collectstatic needs a key to import settings; a random one that is thrown away with this layer.
+RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" ALLOWED_HOSTS=localhost \
+    python manage.py collectstatic --noinput
 USER smartcron
 EXPOSE 8000
 CMD ["gunicorn", "smartcron_project.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "--worker-class", "gthread"]

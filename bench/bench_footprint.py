@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def main() -> None:
     web, flower, redis_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SMARTCRON_", "REDIS_URL", "DATABASE_URL"))}
     env.update({"SMARTCRON_VAR_DIR": str(tmp / "var"), "SMARTCRON_EMBEDDED_REDIS_PORT": str(redis_port),
-                "SMARTCRON_ADMIN_PASSWORD": "footprint-bench-password", "SMARTCRON_ALLOW_ROOT": "1"})
+                "SMARTCRON_ADMIN_PASSWORD": secrets.token_urlsafe(16), "SMARTCRON_ALLOW_ROOT": "1"})
     argv = [sys.executable, "manage.py", "runstack", "--port", str(web), "--flower-port", str(flower)]
     if args.demo:
         argv.append("--demo")

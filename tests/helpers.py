@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
+# Throwaway accounts in tests get a password made fresh for each test session.
+TEST_PASSWORD = secrets.token_urlsafe(16)
 BIN = Path(sys.executable).parent
 
 

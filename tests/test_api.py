@@ -16,6 +16,7 @@ from api.models import ApiKey
 from jobs import alerts
 from jobs.beat_sync import task_name
 from jobs.models import Alert, Job, JobRun, RunState, Tag
+from tests.helpers import TEST_PASSWORD
 from tests.test_api_helpers import Api, default_slots, issue_key, new_job
 
 pytestmark = pytest.mark.django_db
@@ -147,7 +148,7 @@ def test_last_use_is_recorded_at_most_once_a_minute(rw, time_machine):
 # --- sessions -----------------------------------------------------------------------------------
 @pytest.fixture
 def staff(django_user_model):
-    return django_user_model.objects.create_superuser("ops", "ops@example.com", "a-long-password-123")
+    return django_user_model.objects.create_superuser("ops", "ops@example.com", TEST_PASSWORD)
 
 
 def test_a_staff_session_reads_and_writes_with_csrf(staff, job):
@@ -166,14 +167,14 @@ def test_a_staff_session_reads_and_writes_with_csrf(staff, job):
 
 
 def test_a_non_staff_session_is_refused(django_user_model, job):
-    user = django_user_model.objects.create_user("visitor", password="a-long-password-123")
+    user = django_user_model.objects.create_user("visitor", password=TEST_PASSWORD)
     client = Client()
     client.force_login(user)
     assert_error(client.get("/api/v1/jobs/"), 403)
 
 
 def test_a_staff_user_needs_the_change_permission_to_write(django_user_model, job):
-    user = django_user_model.objects.create_user("viewer", password="a-long-password-123", is_staff=True)
+    user = django_user_model.objects.create_user("viewer", password=TEST_PASSWORD, is_staff=True)
     client = Client()
     client.force_login(user)
     assert client.get(f"/api/v1/jobs/{job.pk}/").status_code == 200

@@ -13,6 +13,7 @@ from django.test import Client
 
 from api import keys
 from api.models import ApiKey
+from tests.helpers import TEST_PASSWORD
 from tests.test_api_helpers import Api
 
 pytestmark = pytest.mark.django_db
@@ -90,7 +91,7 @@ def test_changing_the_pepper_invalidates_keys(settings):
 @pytest.fixture
 def admin_client(django_user_model) -> Client:
     client = Client()
-    client.force_login(django_user_model.objects.create_superuser("root", "r@example.com", "a-long-password-123"))
+    client.force_login(django_user_model.objects.create_superuser("root", "r@example.com", TEST_PASSWORD))
     return client
 
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 from dashboard import timeline as tl
 from jobs import alerts
 from jobs.models import Alert, Job, JobRun, RunState
+from tests.helpers import TEST_PASSWORD
 from tests.test_api_helpers import default_slots, new_job
 
 pytestmark = pytest.mark.django_db
@@ -27,7 +28,7 @@ def _fresh_cache():
 
 @pytest.fixture
 def staff(django_user_model):
-    return django_user_model.objects.create_superuser("ops", "ops@example.com", "a-long-password-123")
+    return django_user_model.objects.create_superuser("ops", "ops@example.com", TEST_PASSWORD)
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def text(response) -> str:
 def test_pages_need_a_staff_login(path, django_user_model):
     response = Client().get(path)
     assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
-    user = django_user_model.objects.create_user("visitor", password="a-long-password-123")
+    user = django_user_model.objects.create_user("visitor", password=TEST_PASSWORD)
     client = Client()
     client.force_login(user)
     assert client.get(path).status_code == 302  # logged in but not staff: back to the admin login
@@ -61,7 +62,7 @@ def test_pages_need_a_staff_login(path, django_user_model):
 
 def test_the_login_page_leads_to_the_dashboard(staff):
     client = Client()
-    response = client.post("/admin/login/?next=/", {"username": "ops", "password": "a-long-password-123",
+    response = client.post("/admin/login/?next=/", {"username": "ops", "password": TEST_PASSWORD,
                                                      "next": "/"})
     assert response.status_code == 302 and response["Location"] == "/"
     assert "Overview" in text(client.get("/"))
@@ -204,7 +205,7 @@ def test_actions_need_post_and_csrf(staff, job):
 
 
 def test_actions_need_the_permission(django_user_model, job):
-    viewer = django_user_model.objects.create_user("viewer", password="a-long-password-123", is_staff=True)
+    viewer = django_user_model.objects.create_user("viewer", password=TEST_PASSWORD, is_staff=True)
     client = Client()
     client.force_login(viewer)
     assert client.get(f"/jobs/{job.pk}/").status_code == 200

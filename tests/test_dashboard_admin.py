@@ -9,6 +9,7 @@ from django.utils import timezone
 from jobs import admin as jobs_admin
 from jobs import alerts
 from jobs.models import Alert, Job, JobDependency, JobRun, RunState, Tag
+from tests.helpers import TEST_PASSWORD
 from tests.test_api_helpers import default_slots, new_job
 
 pytestmark = pytest.mark.django_db
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def admin_client(django_user_model) -> Client:
     client = Client()
-    client.force_login(django_user_model.objects.create_superuser("root", "r@example.com", "a-long-password-123"))
+    client.force_login(django_user_model.objects.create_superuser("root", "r@example.com", TEST_PASSWORD))
     return client
 
 

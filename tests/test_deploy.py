@@ -14,7 +14,7 @@ import pytest
 import yaml
 from django.conf import settings
 
-from tests.helpers import free_port, wait_for
+from tests.helpers import TEST_PASSWORD, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.nomysql
@@ -121,7 +121,7 @@ def test_runstack_starts_everything_and_ctrl_c_stops_every_child(tmp_path):
     web, flower, redis_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SMARTCRON_", "REDIS_URL", "DATABASE_URL"))}
     env.update({"SMARTCRON_VAR_DIR": str(tmp_path / "var"), "SMARTCRON_EMBEDDED_REDIS_PORT": str(redis_port),
-                "SMARTCRON_ADMIN_PASSWORD": "an-admin-password-for-tests", "SMARTCRON_ALLOW_ROOT": "1"})
+                "SMARTCRON_ADMIN_PASSWORD": TEST_PASSWORD, "SMARTCRON_ALLOW_ROOT": "1"})
     log = open(tmp_path / "stack.log", "w")
     proc = subprocess.Popen([sys.executable, "manage.py", "runstack", "--demo", "--port", str(web),
                              "--flower-port", str(flower)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -16,11 +16,11 @@ from django.utils import timezone
 
 from jobs import alerts
 from jobs.models import Alert, JobRun, RunState
-from tests.helpers import wait_for
+from tests.helpers import TEST_PASSWORD, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
-PASSWORD = "an-e2e-password-4711"  # noqa: S105 - a throwaway test account
+PASSWORD = TEST_PASSWORD  # a throwaway account, fresh for each session
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"browser tests need Chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)

@@ -17,6 +17,7 @@ from django.test import Client
 from api import authentication, keys
 from api.models import ApiKey
 from jobs.models import Job
+from tests.helpers import TEST_PASSWORD
 from tests.test_api_helpers import Api, default_slots, issue_key, new_job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +89,7 @@ def test_a_session_cannot_be_used_cross_site_to_write(django_user_model, scripts
     default_slots()
     job = new_job(scripts_root, "csrf-target")
     client = Client(enforce_csrf_checks=True)
-    client.force_login(django_user_model.objects.create_superuser("ops", "o@example.com", "a-long-password-123"))
+    client.force_login(django_user_model.objects.create_superuser("ops", "o@example.com", TEST_PASSWORD))
     assert client.post(f"/api/v1/jobs/{job.pk}/disable/", content_type="application/json").status_code == 403
     assert client.post(f"/jobs/{job.pk}/enabled/", {"enabled": "0"}).status_code == 403
     assert Job.objects.get(pk=job.pk).enabled
