@@ -145,6 +145,43 @@ def _upsert_sql(model, keys: dict[str, Any], incs: dict[str, float], maxes: dict
     _update_sql(model, keys, incs, maxes, sets)
 
 
+def run_increments(state: str, duration: float | None, memory: float | None, cpu: float | None,
+                   wait: float | None) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """What one finished run adds: (all-time increments, hourly increments, hourly maxima).
+
+    Shared by the per-run update and the rebuild from history, so both count alike.
+    """
+    total: dict[str, float] = {"runs_total": 1}
+    hour: dict[str, float] = {"runs": 1}
+    hour_max: dict[str, float] = {}
+    if state in COUNTED_STATES:
+        total[f"n_{state}"] = 1
+    if state == RunState.SUCCEEDED:
+        hour["succeeded"] = 1
+    elif state in FAILURE_STATES:
+        hour["failures"] = 1
+    elif state in (RunState.SKIPPED, RunState.MISSED):
+        hour["missed"] = 1
+    if duration is not None:
+        d = max(0.0, float(duration))
+        col = DURATION_BIN_FIELDS[bin_index(d, DURATION_EDGES)]
+        for target in (total, hour):
+            target.update({"duration_count": 1, "duration_sum": d, col: 1})
+        hour_max["duration_max"] = d
+        if memory is not None:
+            m = max(0.0, float(memory))
+            col = MEMORY_BIN_FIELDS[bin_index(m, MEMORY_EDGES)]
+            for target in (total, hour):
+                target.update({"memory_count": 1, "memory_sum": m, col: 1})
+            hour_max["memory_max"] = m
+    if cpu is not None:
+        total["cpu_sum"] = hour["cpu_sum"] = float(cpu)
+    if wait is not None:
+        total["queue_wait_sum"] = float(wait)
+        total["queue_wait_count"] = 1
+    return total, hour, hour_max
+
+
 def record(run: JobRun, *, recent: tuple[int, float | None, float | None] | None = None,
            now: dt.datetime | None = None) -> None:
     """Count one finished run into the job's all-time and hourly statistics.
@@ -154,36 +191,11 @@ def record(run: JobRun, *, recent: tuple[int, float | None, float | None] | None
     now = now or timezone.now()
     state = str(run.state)
     when = run.finished_at or now
-    total: dict[str, float] = {"runs_total": 1}
-    hour: dict[str, float] = {"runs": 1}
-    hour_max: dict[str, float] = {}
+    total, hour, hour_max = run_increments(state, run.duration_s, run.peak_memory_mb, run.cpu_seconds,
+                                           run.queue_wait_s)
     total_set: dict[str, Any] = {"updated_at": now}
-    if state in COUNTED_STATES:
-        total[f"n_{state}"] = 1
     if state == RunState.SUCCEEDED:
-        hour["succeeded"] = 1
         total["runs_since_baseline"] = 1
-    elif state in FAILURE_STATES:
-        hour["failures"] = 1
-    elif state in (RunState.SKIPPED, RunState.MISSED):
-        hour["missed"] = 1
-    if run.duration_s is not None:
-        d = max(0.0, float(run.duration_s))
-        col = DURATION_BIN_FIELDS[bin_index(d, DURATION_EDGES)]
-        for target in (total, hour):
-            target.update({"duration_count": 1, "duration_sum": d, col: 1})
-        hour_max["duration_max"] = d
-        if run.peak_memory_mb is not None:
-            m = max(0.0, float(run.peak_memory_mb))
-            col = MEMORY_BIN_FIELDS[bin_index(m, MEMORY_EDGES)]
-            for target in (total, hour):
-                target.update({"memory_count": 1, "memory_sum": m, col: 1})
-            hour_max["memory_max"] = m
-    if run.cpu_seconds is not None:
-        total["cpu_sum"] = hour["cpu_sum"] = float(run.cpu_seconds)
-    if run.queue_wait_s is not None:
-        total["queue_wait_sum"] = float(run.queue_wait_s)
-        total["queue_wait_count"] = 1
     if recent is not None:
         total_set.update(recent_runs=recent[0], recent_duration_p50=recent[1], recent_memory_p50=recent[2])
     _upsert_sql(JobStats, {"job_id": run.job_id}, total, {}, total_set)
@@ -286,40 +298,17 @@ def rebuild(jobs_qs: QuerySet[Job] | None = None, *, now: dt.datetime | None = N
                              "finished_at", "scheduled_for").iterator(chunk_size=5000))
         for job_id, state, d, m, cpu, wait, finished, planned in rows:
             counted += 1
+            inc_total, inc_hour, inc_max = run_increments(state, d, m, cpu, wait)
             t = totals.setdefault(job_id, _zero_totals())
+            for key, value in inc_total.items():
+                t[key] += value
             when = finished or planned
-            h = hours.setdefault((job_id, hour_of(when)), _zero_hour()) if when >= keep_from else None
-            t["runs_total"] += 1
-            t[f"n_{state}"] += 1
-            if h is not None:
-                h["runs"] += 1
-                key = ("succeeded" if state == RunState.SUCCEEDED else "failures" if state in FAILURE_STATES
-                       else "missed" if state in (RunState.SKIPPED, RunState.MISSED) else None)
-                if key:
-                    h[key] += 1
-            targets = [x for x in (t, h) if x is not None]
-            if d is not None:
-                col = DURATION_BIN_FIELDS[bin_index(max(0.0, d), DURATION_EDGES)]
-                for x in targets:
-                    x["duration_count"] += 1
-                    x["duration_sum"] += max(0.0, d)
-                    x[col] += 1
-                if h is not None:
-                    h["duration_max"] = max(h["duration_max"], d)
-                if m is not None:
-                    col = MEMORY_BIN_FIELDS[bin_index(max(0.0, m), MEMORY_EDGES)]
-                    for x in targets:
-                        x["memory_count"] += 1
-                        x["memory_sum"] += max(0.0, m)
-                        x[col] += 1
-                    if h is not None:
-                        h["memory_max"] = max(h["memory_max"], m)
-            if cpu is not None:
-                for x in targets:
-                    x["cpu_sum"] += cpu
-            if wait is not None:
-                t["queue_wait_sum"] += wait
-                t["queue_wait_count"] += 1
+            if when >= keep_from:
+                h = hours.setdefault((job_id, hour_of(when)), _zero_hour())
+                for key, value in inc_hour.items():
+                    h[key] += value
+                for key, value in inc_max.items():
+                    h[key] = max(h[key], value)
         with transaction.atomic():
             JobStatsHour.objects.filter(job_id__in=chunk).delete()
             JobStats.objects.filter(job_id__in=chunk).delete()
