@@ -21,7 +21,7 @@ from django.db.models import Count, Max
 from api import conf
 from jobs import schedule as sched
 from jobs.models import Job
-from slots import planner
+from slots import planner, workload
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +133,9 @@ def job_rows(jobs: list[Job], day: dt.date) -> list[JobRow]:
 
 def plan_job(job: Job) -> planner.PlanJob | None:
     """The planner's view of one job (None for manual or unusable schedules)."""
-    common = {"name": job.name, "tz": job.timezone or "UTC", "wait_seconds": int(job.wait_seconds),
-              "duration_s": job.expected_seconds, "memory_mb": job.expected_peak_mb,
-              "slot": job.slot.name, "pinned": True}
     try:
-        if job.schedule_type == Job.ScheduleType.INTERVAL:
-            return planner.PlanJob(interval_s=int(job.interval_seconds or 60), **common)
-        cron = job.effective_cron()
-        return planner.PlanJob(cron=cron, **common) if cron else None
-    except (sched.ScheduleError, ValueError):
+        return workload.plan_job(job)
+    except (sched.ScheduleError, TypeError, ValueError):
         return None
 
 

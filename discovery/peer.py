@@ -56,35 +56,19 @@ class PeerSchedule:
 
 
 # --- what we publish ----------------------------------------------------------------------
-def _plan_jobs():
-    from slots.management.commands.optimize_schedule import database_workload
-
-    class _Quiet:
-        def write(self, *_a, **_k) -> None:
-            pass
-
-    return database_workload(_Quiet())
-
-
 def per_minute(profile) -> list[dict[str, Any]]:
     """Maximum concurrent runs and memory per minute of the day (1440 entries)."""
-    import numpy as np
-
-    jobs, memory = profile.jobs, profile.memory
-    cycle = int(profile.cycle_s)
-    if cycle < 86400:
-        reps = -(-86400 // cycle)
-        jobs, memory = np.tile(jobs, reps)[:86400], np.tile(memory, reps)[:86400]
-    jobs = jobs[:86400].reshape(1440, 60).max(axis=1)
-    memory = memory[:86400].reshape(1440, 60).max(axis=1)
+    jobs = profile.jobs.reshape(1440, 60).max(axis=1)
+    memory = profile.memory.reshape(1440, 60).max(axis=1)
     return [{"minute": f"{m // 60:02d}:{m % 60:02d}", "jobs": int(jobs[m]), "memory_mb": round(float(memory[m]), 1)}
             for m in range(1440)]
 
 
 def schedule_payload() -> dict[str, Any]:
     from slots import planner
+    from slots.workload import database_workload
 
-    plan_jobs, rows = _plan_jobs()
+    plan_jobs, rows = database_workload()
     jobs = []
     for pj, job in zip(plan_jobs, rows, strict=True):
         entry = {"name": pj.name, "wait_seconds": pj.wait_seconds, "duration_s": round(pj.duration_s, 3),

@@ -50,13 +50,9 @@ def _window_max(a: np.ndarray, width: int) -> np.ndarray:
 def check(job) -> Collision | None:
     """Collision figures for a saved Job (None for jobs that are not ticked)."""
     from discovery.peer import load_cache, peer_plan_jobs
-    from slots.management.commands.optimize_schedule import database_workload
+    from slots.workload import database_workload
 
-    class _Quiet:
-        def write(self, *_a, **_k) -> None:
-            pass
-
-    all_jobs, _rows = database_workload(_Quiet())
+    all_jobs, _rows = database_workload()
     mine = [pj for pj in all_jobs if pj.name == job.name]
     if not mine:
         return None
@@ -67,15 +63,11 @@ def check(job) -> Collision | None:
     day = dt.datetime.now(dt.UTC).date()
     if others or peer:
         prof = planner.simulate(others, peer=peer, day=day)
-        slot_jobs = prof.slots.get(me.slot, (np.zeros(prof.cycle_s), None))[0]
+        slot_jobs = prof.slots.get(me.slot, (np.zeros(planner.DAY_S), None))[0]
         total_mem = prof.memory
     else:
         slot_jobs = np.zeros(planner.DAY_S)
         total_mem = np.zeros(planner.DAY_S)
-    if len(slot_jobs) < planner.DAY_S:
-        reps = -(-planner.DAY_S // len(slot_jobs))
-        slot_jobs = np.tile(slot_jobs, reps)[: planner.DAY_S]
-        total_mem = np.tile(total_mem, reps)[: planner.DAY_S]
     ticks = (planner._cron_ticks(me.cron, me.tz, day) if me.cron else planner._interval_ticks(me.interval_s, day))
     width = max(1, int(round(me.duration_s)))
     jmax = _window_max(slot_jobs, width)

@@ -61,7 +61,7 @@ class Command(BaseCommand):
     def our_schedule(self, schedule: peer.PeerSchedule, opts) -> dict:
         from jobs import schedule as sched
         from slots import planner
-        from slots.management.commands.optimize_schedule import database_workload
+        from slots.workload import database_workload
 
         jobs, rows = database_workload(self.stderr)
         result: dict = {"jobs": []}

@@ -18,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from jobs.schedule import MAX_INTERVAL_SECONDS, MIN_INTERVAL_SECONDS, ScheduleError, normalize_cron, validate_timezone
 from slots import planner
+from slots.workload import database_workload
 
 JOB_KEYS = {"name", "cron", "interval_s", "tz", "wait_seconds", "window_s", "duration_s", "memory_mb", "slot", "pinned"}
 REQUIRED = ("name", "duration_s", "memory_mb")
@@ -134,29 +135,6 @@ def load_workload(path: Path) -> tuple[list[planner.PlanJob], list[planner.PlanJ
             seen.add(job.name)
         out[key] = parsed
     return out["jobs"], out["peer"]
-
-
-def database_workload(stderr) -> tuple[list[planner.PlanJob], list[Any]]:
-    """The schedulable jobs of the database, with their model instances (same order)."""
-    from jobs.models import Job  # lazily: --input works without a configured database
-
-    jobs, rows = [], []
-    for job in Job.objects.schedulable().select_related("slot").order_by("name"):
-        try:
-            if job.schedule_type == Job.ScheduleType.INTERVAL:
-                spec = {"interval_s": int(job.interval_seconds)}
-            else:
-                spec = {"cron": job.effective_cron()}
-            window = min(planner.DEFAULT_WINDOW_S, int(job.interval_seconds)) if "interval_s" in spec \
-                else planner.DEFAULT_WINDOW_S
-            jobs.append(planner.PlanJob(
-                name=job.name, tz=job.timezone or "UTC", wait_seconds=int(job.wait_seconds or 0), window_s=window,
-                duration_s=float(job.expected_seconds), memory_mb=float(job.expected_peak_mb),
-                slot=job.slot.name, pinned=bool(job.pinned), **spec))
-            rows.append(job)
-        except (ScheduleError, TypeError, ValueError) as exc:
-            stderr.write(f"skipping job {job.name!r}: its schedule cannot be planned ({exc})")
-    return jobs, rows
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
