@@ -25,7 +25,6 @@ from slots import admission, host_guard, procs
 from slots.admission import admit
 from slots.heartbeat import Heartbeat, claim_for_execute
 from slots.leases import LeaseStore
-from slots.redis_client import get_redis
 
 log = logging.getLogger(__name__)
 HOSTNAME = socket.gethostname()
@@ -199,7 +198,7 @@ def _execute(run: JobRun, job: Job, slot: str, store: LeaseStore, owned: dict) -
         peak_memory_mb=round(result.peak_memory_mb, 3), cpu_seconds=round(result.cpu_seconds, 4),
         output_tail=result.output_tail, error=error[:4000], pid=result.pid,
     )
-    get_redis().delete(f"smartcron:kill:{run.pk}")
+    admission.clear_kill(run.pk)
     if not closed:
         log.warning("run %s finished as %s but was already closed: late completion refused", run.pk, state)
         return "fenced: late completion refused"

@@ -67,6 +67,11 @@ def kill_requested(run_id: int) -> bool:
     return bool(get_redis().exists(f"{KILL_PREFIX}{run_id}"))
 
 
+def clear_kill(run_id: int) -> None:
+    """Forget a kill request once its run is over."""
+    get_redis().delete(f"{KILL_PREFIX}{run_id}")
+
+
 # --- the retry chain of a waiting run -----------------------------------------------------
 def claim_chain(run_id: int, chain: str | None) -> str | None:
     """Make sure exactly one retry chain keeps a waiting run alive; return its token or None.
