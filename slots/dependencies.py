@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import logging
 
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from jobs.models import ACTIVE_STATES, Job, JobDependency, JobRun, RunState, find_cycle
+from jobs.models import ACTIVE_STATES, Job, JobDependency, JobRun, RunState
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +119,8 @@ def validate_dependency(job: Job, depends_on: Job, kind: str = JobDependency.Kin
     For entry points that do not go through ``JobDependency.full_clean`` (an API
     serializer, a bulk import); the model's own save() runs the same check.
     """
-    if job.pk == depends_on.pk:
-        raise ValidationError({"depends_on": "a job cannot depend on itself"})
-    if kind == JobDependency.Kind.BLOCKING:
-        return
-    cycle = find_cycle(job.pk, depends_on.pk, exclude_pk=pk)
-    if cycle:
-        names = dict(Job.objects.filter(pk__in=cycle).values_list("pk", "name"))
-        raise ValidationError({"depends_on": f"this dependency would create a cycle: "
-                                             f"{' -> '.join(names[p] for p in cycle)}"})
+    # The model's own rule, without saving anything.
+    JobDependency(pk=pk, job=job, depends_on=depends_on, kind=kind).clean()
 
 
 def on_run_finished(run: JobRun) -> None:
