@@ -63,9 +63,12 @@ def test_a_failing_script_is_recorded_with_exit_code_and_tail(make_job, workers)
     assert run.exit_code == 4
     assert "fatal: refused" in run.output_tail
     assert run.duration_s is not None and run.finished_at is not None and run.worker_host
+    # The run's row turns final first; the job's bookkeeping and alerts follow right after.
+    wait_for(lambda: Alert.objects.filter(job=job, type=Alert.Type.FAILURE, resolved_at__isnull=True).exists(),
+             10, message="the failure alert")
+    assert Alert.objects.filter(job=job, type=Alert.Type.FAILURE, resolved_at__isnull=True).count() == 1
     job.refresh_from_db()
     assert job.consecutive_failures == 1 and job.last_state == RunState.FAILED
-    assert Alert.objects.filter(job=job, type=Alert.Type.FAILURE, resolved_at__isnull=True).count() == 1
 
 
 def test_timeout_kills_a_backgrounded_grandchild(make_job, workers, scripts_root):
@@ -78,7 +81,7 @@ def test_timeout_kills_a_backgrounded_grandchild(make_job, workers, scripts_root
     assert run.state == RunState.TIMED_OUT
     pids = [int(p) for p in pidfile.read_text().split()]
     assert pids_alive(pids) == []
-    assert Alert.objects.filter(job=job, type=Alert.Type.TIMEOUT).exists()
+    wait_for(lambda: Alert.objects.filter(job=job, type=Alert.Type.TIMEOUT).exists(), 10, message="the timeout alert")
 
 
 def test_memory_hog_is_killed_and_recorded(make_job, workers):
@@ -121,7 +124,7 @@ def test_a_run_past_its_start_window_is_missed_not_dropped(make_job, workers):
     services.dispatch(run)
     run = final_run(run.pk)
     assert run.state == RunState.MISSED
-    assert Alert.objects.filter(job=job, type=Alert.Type.MISSED).exists()
+    wait_for(lambda: Alert.objects.filter(job=job, type=Alert.Type.MISSED).exists(), 10, message="the missed alert")
 
 
 def test_root_is_refused_unless_allowed(make_job, workers, slots):
