@@ -74,19 +74,31 @@ def remove_job(job_id: int) -> None:
     PeriodicTask.objects.filter(name=task_name(job_id)).delete()
 
 
-def ensure_reconciler() -> PeriodicTask:
-    """The periodic reconciler (lease reclaim, stuck runs, missed ticks)."""
+def ensure_system_task(name: str, task: str, *, description: str, every_seconds: int | None = None,
+                       cron: str | None = None, enabled: bool = True) -> PeriodicTask:
+    """Create or update one of Smart Cron's own periodic tasks (UTC, dispatch queue); idempotent."""
     from django_celery_beat.models import IntervalSchedule
 
-    every, _ = IntervalSchedule.objects.get_or_create(every=settings.RECONCILE_SECONDS,
-                                                      period=IntervalSchedule.SECONDS)
-    task, _ = PeriodicTask.objects.update_or_create(
-        name=RECONCILE_NAME,
-        defaults={"task": "jobs.reconcile", "interval": every, "crontab": None, "args": "[]",
-                  "queue": settings.DISPATCH_QUEUE, "enabled": True,
-                  "description": "Smart Cron reconciler: reclaim dead leases, close stuck runs"},
+    if (every_seconds is None) == (cron is None):
+        raise ValueError("give exactly one of every_seconds and cron")
+    schedule: dict = {"interval": None, "crontab": None}
+    if every_seconds is not None:
+        schedule["interval"], _ = IntervalSchedule.objects.get_or_create(every=every_seconds,
+                                                                         period=IntervalSchedule.SECONDS)
+    else:
+        schedule["crontab"] = _crontab(cron, "UTC")
+    periodic, _ = PeriodicTask.objects.update_or_create(
+        name=name,
+        defaults={"task": task, "args": "[]", "queue": settings.DISPATCH_QUEUE, "enabled": enabled,
+                  "description": description, **schedule},
     )
-    return task
+    return periodic
+
+
+def ensure_reconciler() -> PeriodicTask:
+    """The periodic reconciler (lease reclaim, stuck runs, missed ticks)."""
+    return ensure_system_task(RECONCILE_NAME, "jobs.reconcile", every_seconds=settings.RECONCILE_SECONDS,
+                              description="Smart Cron reconciler: reclaim dead leases, close stuck runs")
 
 
 PEER_REFRESH_NAME = "smartcron:peer-refresh"
@@ -97,14 +109,8 @@ def ensure_peer_refresh() -> PeriodicTask | None:
     if not getattr(settings, "PEER_URL", ""):
         PeriodicTask.objects.filter(name=PEER_REFRESH_NAME).delete()
         return None
-    crontab = _crontab("17 3 * * *", "UTC")
-    task, _ = PeriodicTask.objects.update_or_create(
-        name=PEER_REFRESH_NAME,
-        defaults={"task": "discovery.refresh_peer", "crontab": crontab, "interval": None, "args": "[]",
-                  "queue": settings.DISPATCH_QUEUE, "enabled": True,
-                  "description": "Smart Cron: daily refresh of the peer server's schedule"},
-    )
-    return task
+    return ensure_system_task(PEER_REFRESH_NAME, "discovery.refresh_peer", cron="17 3 * * *",
+                              description="Smart Cron: daily refresh of the peer server's schedule")
 
 
 def sync_all() -> dict[str, int]:

@@ -14,12 +14,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 
 log = logging.getLogger(__name__)
@@ -111,27 +109,15 @@ def on_execute_failure(sender=None, task_id=None, exception=None, args=None, kwa
 
 def ensure_periodic_tasks() -> dict[str, str]:
     """Create or update the watchdog and daily prune PeriodicTasks (idempotent)."""
-    from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
-
+    from jobs.beat_sync import ensure_system_task
     from jobs.conf import conf
 
-    every, _ = IntervalSchedule.objects.get_or_create(every=conf.WATCHDOG_SECONDS, period=IntervalSchedule.SECONDS)
-    PeriodicTask.objects.update_or_create(
-        name=WATCHDOG_NAME,
-        defaults={"task": "jobs.watchdog", "interval": every, "crontab": None, "args": "[]",
-                  "queue": settings.DISPATCH_QUEUE, "enabled": True,
-                  "description": "Smart Cron watchdog: overdue jobs, alert reminders, health"})
+    ensure_system_task(WATCHDOG_NAME, "jobs.watchdog", every_seconds=conf.WATCHDOG_SECONDS,
+                       description="Smart Cron watchdog: overdue jobs, alert reminders, health")
     minute, hour = (conf.RETENTION_AT.split() + ["3"])[:2]
-    crontab = CrontabSchedule.objects.filter(minute=minute, hour=hour, day_of_month="*", month_of_year="*",
-                                             day_of_week="*", timezone="UTC").first()
-    if crontab is None:
-        crontab = CrontabSchedule.objects.create(minute=minute, hour=hour, day_of_month="*", month_of_year="*",
-                                                 day_of_week="*", timezone="UTC")
-    PeriodicTask.objects.update_or_create(
-        name=PRUNE_NAME,
-        defaults={"task": "jobs.prune_history", "crontab": crontab, "interval": None, "args": json.dumps([]),
-                  "queue": settings.DISPATCH_QUEUE, "enabled": bool(conf.RETENTION_DAYS),
-                  "description": "Smart Cron retention: archive and delete old runs (SMARTCRON_RETENTION_DAYS)"})
+    ensure_system_task(PRUNE_NAME, "jobs.prune_history", cron=f"{minute} {hour} * * *",
+                       enabled=bool(conf.RETENTION_DAYS),
+                       description="Smart Cron retention: archive and delete old runs (SMARTCRON_RETENTION_DAYS)")
     return {"watchdog": f"every {conf.WATCHDOG_SECONDS} s", "prune": f"{minute} {hour} * * * UTC"}
 
 
