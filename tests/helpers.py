@@ -117,3 +117,24 @@ def write_script(path: Path, body: str, mode: int = 0o755) -> Path:
     path.write_text(body)
     path.chmod(mode)
     return path
+
+
+def finish_run(job, traveller, *, state: str = "succeeded", duration: float = 2.0, memory: float = 50.0,
+               exit_code: int | None = 0):
+    """One run through the real bookkeeping (close_run -> record_finished -> hooks), a minute apart."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from jobs import services
+    from jobs.models import RunState
+
+    traveller.shift(dt.timedelta(minutes=1))
+    planned = timezone.now().replace(second=0, microsecond=0)
+    run, _ = services.create_run(job, planned)
+    assert run.transition(RunState.PENDING, RunState.RUNNING, started_at=planned)
+    assert services.close_run(run, RunState.RUNNING, state, finished_at=planned + dt.timedelta(seconds=duration),
+                              duration_s=duration, peak_memory_mb=memory, cpu_seconds=duration / 2,
+                              exit_code=exit_code, queue_wait_s=0.01,
+                              error="" if state == RunState.SUCCEEDED else "exit 1")
+    return run

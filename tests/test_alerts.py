@@ -18,8 +18,9 @@ from django.core.management import call_command
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from jobs import alerts, beat_sync, health, services
+from jobs import alerts, beat_sync, health
 from jobs.models import Alert, Job, JobRun, NotificationAttempt, RunState
+from tests.helpers import finish_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,16 +80,6 @@ def traveller():
         yield t
 
 
-def finish_run(job: Job, traveller, *, state: str = RunState.SUCCEEDED, duration: float = 2.0,
-               memory: float = 50.0, exit_code: int | None = 0) -> JobRun:
-    traveller.shift(dt.timedelta(minutes=1))
-    planned = timezone.now().replace(second=0, microsecond=0)
-    run, _ = services.create_run(job, planned)
-    assert run.transition(RunState.PENDING, RunState.RUNNING, started_at=planned)
-    assert services.close_run(run, RunState.RUNNING, state, finished_at=planned + dt.timedelta(seconds=duration),
-                              duration_s=duration, peak_memory_mb=memory, cpu_seconds=duration / 2,
-                              exit_code=exit_code, error="" if state == RunState.SUCCEEDED else "exit 1")
-    return run
 
 
 def learned(make_job, traveller, name: str = "backup", **fields) -> Job:

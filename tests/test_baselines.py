@@ -11,25 +11,14 @@ import time_machine
 from django.core.management import call_command
 from django.utils import timezone
 
-from jobs import services
-from jobs.models import Alert, Job, JobRun, JobStats, RunState
+from jobs.models import Alert, Job, JobStats, RunState
+from tests.helpers import finish_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 T0 = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)
 
 
-def finish_run(job: Job, traveller, *, state: str = RunState.SUCCEEDED, duration: float = 2.0,
-               memory: float = 50.0, exit_code: int | None = 0) -> JobRun:
-    """One run through the real bookkeeping (close_run -> record_finished -> hooks), a minute apart."""
-    traveller.shift(dt.timedelta(minutes=1))
-    planned = timezone.now().replace(second=0, microsecond=0)
-    run, _ = services.create_run(job, planned)
-    assert run.transition(RunState.PENDING, RunState.RUNNING, started_at=planned)
-    assert services.close_run(run, RunState.RUNNING, state, finished_at=planned + dt.timedelta(seconds=duration),
-                              duration_s=duration, peak_memory_mb=memory, cpu_seconds=duration / 2,
-                              exit_code=exit_code, queue_wait_s=0.01)
-    return run
 
 
 @pytest.fixture
