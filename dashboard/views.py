@@ -27,7 +27,7 @@ from rest_framework.exceptions import ValidationError as FilterError
 from api import conf
 from api.filters import filter_jobs
 from api.serializers import describe_schedule
-from api.status import MetricsUnavailable, health_summary, performance_trends, runs_in_states, slot_overview
+from api.status import health_summary, performance_trends, runs_in_states, slot_overview
 from dashboard import charts
 from dashboard import timeline as tl
 from jobs import alerts, beat_sync, services
@@ -122,15 +122,11 @@ def home(request: HttpRequest) -> HttpResponse:
         behind[health] = list(Job.objects.filter(health=health).select_related("slot").order_by("name")[:12])
     details: dict[Any, list[tuple[str, str]]] = {}
     flagged = [j for jobs in behind.values() for j in jobs]
-    metrics_note = ""
     if flagged:
-        try:
-            for record in health_summary(jobs_qs=Job.objects.filter(pk__in=[j.pk for j in flagged])):
-                if isinstance(record, dict):
-                    job_id, name = _record_job(record)
-                    details[job_id or name] = _record_items(record, HEALTH_KEYS)
-        except MetricsUnavailable as exc:
-            metrics_note = str(exc)
+        for record in health_summary(jobs_qs=Job.objects.filter(pk__in=[j.pk for j in flagged])):
+            if isinstance(record, dict):
+                job_id, name = _record_job(record)
+                details[job_id or name] = _record_items(record, HEALTH_KEYS)
     for job in flagged:
         job.health_details = details.get(job.pk) or details.get(job.name) or []
     slots = slot_overview()
@@ -150,7 +146,6 @@ def home(request: HttpRequest) -> HttpResponse:
                                                    Job.Health.UNKNOWN)],
         "total_jobs": sum(counts.values()),
         "behind": [(h, behind[h], counts.get(h, 0)) for h in behind],
-        "metrics_note": metrics_note,
         "slots": slots,
         "running": running,
         "running_more": len(running) == 50,
@@ -210,13 +205,8 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
                                     median=job.baseline_memory_p50)
     runs = Paginator(JobRun.objects.filter(job=job).defer("output_tail").order_by("-scheduled_for"), 25)
     runs_page = runs.get_page(request.GET.get("page"))
-    trends: list[list[tuple[str, str]]] = []
-    trends_note = ""
-    try:
-        trends = [_record_items(r, TREND_KEYS)
-                  for r in performance_trends(jobs_qs=Job.objects.filter(pk=job.pk)) if isinstance(r, dict)]
-    except MetricsUnavailable as exc:
-        trends_note = str(exc)
+    trends = [_record_items(r, TREND_KEYS)
+              for r in performance_trends(jobs_qs=Job.objects.filter(pk=job.pk)) if isinstance(r, dict)]
     context = {
         **_base_context(request, "jobs"),
         "job": job, "schedule_text": describe_schedule(job),
@@ -227,7 +217,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "alerts": list(job.alerts.filter(resolved_at__isnull=True).select_related("acknowledged_by")
                        .order_by("-last_seen")[:10]),
         "dependencies": list(job.dependencies.select_related("depends_on")),
-        "trends": trends, "trends_note": trends_note,
+        "trends": trends,
         "run_token": secrets.token_hex(16),
     }
     return render(request, "dashboard/job_detail.html", context)

@@ -27,15 +27,6 @@ class TagInline(admin.TabularInline):
     verbose_name_plural = "tags"
 
 
-def _baselines():
-    """jobs.baselines when it offers recalculate() (it is optional), else None."""
-    try:
-        from jobs import baselines
-    except ImportError:
-        return None
-    return baselines if hasattr(baselines, "recalculate") else None
-
-
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
     list_display = ("name", "enabled", "status", "priority", "category", "schedule_display", "wait_seconds", "slot",
@@ -98,12 +89,6 @@ class JobAdmin(admin.ModelAdmin):
                            '<a href="{}">dashboard page</a>', runs, job.runs.count(), alerts_url, open_alerts,
                            reverse("dashboard:job", args=[job.pk]))
 
-    def get_actions(self, request):
-        actions = super().get_actions(request)
-        if _baselines() is None:
-            actions.pop("recalculate_baseline", None)
-        return actions
-
     def save_model(self, request, obj: Job, form, change) -> None:
         # Fields an operator changes here are never overwritten by discover_jobs.
         if change and obj.auto_discovered:
@@ -144,10 +129,8 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Recalculate the baseline of selected jobs")
     def recalculate_baseline(self, request, queryset: QuerySet[Job]) -> None:
-        baselines = _baselines()
-        if baselines is None:
-            self.message_user(request, "Baselines are not available on this server.", messages.ERROR)
-            return
+        from jobs import baselines
+
         results = baselines.recalculate(queryset)
         updated = sum(1 for r in results if r.get("status") == "updated")
         learning = [r.get("job") for r in results if r.get("status") != "updated"]

@@ -122,19 +122,15 @@ def renotify_due(now: dt.datetime | None = None) -> int:
 
 
 def _channels_configured() -> bool:
-    try:
-        from jobs import notify
-    except ImportError:  # pragma: no cover - notify is part of the app
-        return False
+    from jobs import notify
+
     return bool(notify.channels())
 
 
 def _notify(alert: Alert, reason: str, *, claimed: bool = False) -> None:
     """Hand the alert to the notification channels (never blocks or fails a run)."""
-    try:
-        from jobs import notify
-    except ImportError:  # pragma: no cover
-        return
+    from jobs import notify
+
     try:
         notify.enqueue(alert, reason=reason, claimed=claimed)
     except Exception:  # noqa: BLE001 - a channel must never break the run pipeline

@@ -90,7 +90,6 @@ def test_overview_shows_health_slots_running_and_alerts(browser, job, scripts_ro
 
 
 def test_overview_shows_health_records_when_the_metrics_module_exists(browser, job):
-    pytest.importorskip("jobs.health")
     Job.objects.filter(pk=job.pk).update(health=Job.Health.WARNING)
     assert "backup-db" in text(browser.get("/"))
 

@@ -13,10 +13,9 @@ import datetime as dt
 from collections import Counter
 from dataclasses import dataclass
 
+import hypothesis
 import pytest
-
-schemathesis = pytest.importorskip("schemathesis", reason="schema fuzzing needs schemathesis")
-import hypothesis  # noqa: E402  (after the importorskip on purpose)
+import schemathesis
 from hypothesis import HealthCheck, Phase  # noqa: E402
 from hypothesis import settings as hypothesis_settings  # noqa: E402
 from schemathesis.checks import (  # noqa: E402
