@@ -6,6 +6,9 @@ PIP := $(VENV)/bin/pip
 # A mysql:// DATABASE_URL (or TEST_MYSQL_URL for the tests) also installs mysqlclient.
 MYSQL_REQ := $(if $(or $(findstring mysql,$(DATABASE_URL)),$(TEST_MYSQL_URL)),-r requirements-mysql.txt,)
 
+# The MariaDB pass reads the URL from the environment (never echoed).
+export TEST_MYSQL_URL
+
 .PHONY: help install install-dev run test test-mysql lint bench check-deploy clean
 
 help:
@@ -34,7 +37,9 @@ test: install-dev
 
 # The database-backed tests again, against a real MariaDB/MySQL server.
 test-mysql: install-dev
-	DATABASE_URL="$(TEST_MYSQL_URL)" $(PY) -m pytest -m "not nomysql" $(PYTEST_ARGS)
+	@# Not echoed: the URL carries the database password.
+	@echo 'DATABASE_URL=$$TEST_MYSQL_URL $(PY) -m pytest -m "not nomysql" $(PYTEST_ARGS)'
+	@DATABASE_URL="$$TEST_MYSQL_URL" $(PY) -m pytest -m "not nomysql" $(PYTEST_ARGS)
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
