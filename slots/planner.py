@@ -77,6 +77,8 @@ P95_OVER_MEDIAN = 1.6
 LOGNORMAL_SIGMA = math.log(P95_OVER_MEDIAN) / 1.6448536269514722
 # Interval lengths (seconds) tried by the energetic lower bound; any set gives a valid
 # bound, a richer one a tighter bound.
+# CPU seconds spent raising the energetic bounds with Lagrangian bounds (see _bounds).
+LAGRANGIAN_S = 0.5
 _EXP_CAP = 300.0  # exp() argument cap: keeps the soft-peak terms finite
 BOUND_LENGTHS = (1, 2, 3, 5, 8, 12, 20, 30, 45, 60, 75, 90, 120, 150, 180, 240, 300, 420, 600, 900, 1800, 3600)
 
@@ -475,8 +477,45 @@ def _groups(model: _Model, *, slots: bool = True) -> list[_RunGroup]:
     return out
 
 
-def _energetic(groups: list[_RunGroup], n_arrays: int, length: int,
-               lengths: Sequence[int] = BOUND_LENGTHS) -> tuple[np.ndarray, np.ndarray]:
+def _forced_work(groups: list[_RunGroup], n_arrays: int, length: int, ell: int) -> np.ndarray:
+    """(2 * n_arrays, length): least work (runs x s, MB x s) forced into [a, a + ell) for every a
+    (row 2 * array + resource); see :func:`_energetic`."""
+    rows = n_arrays * 2
+    acc = np.zeros((rows, length))
+    for g in groups:
+        a_ = ell - g.slack  # the "A" of g(x)
+        b_ = g.dur
+        ok = a_ + b_ >= 2
+        if not ok.any():
+            continue
+        a_, b_ = a_[ok], b_[ok]
+        c = np.minimum(b_, ell)
+        rel = g.release[ok]
+        knee1 = np.minimum(c - a_, (b_ - a_) // 2)
+        knee2 = np.maximum(b_ - c, -((a_ - b_) // 2))
+        pos = np.concatenate([rel - a_, rel + knee1, rel + knee2, rel + b_])
+        lo = int(pos.min())
+        span = int(pos.max()) - lo + 2
+        sign = np.repeat(np.array([1.0, -1.0, -1.0, 1.0]), len(rel))
+        arr = np.tile(g.array[ok], 4)
+        mem = np.tile(g.mem[ok], 4)
+        idx = np.concatenate([(2 * arr) * span + pos - lo, (2 * arr + 1) * span + pos - lo])
+        wts = np.concatenate([sign, sign * mem])
+        d2 = np.bincount(idx, wts, rows * span).reshape(rows, span)
+        vals = np.zeros((rows, span))
+        vals[:, 1:] = np.cumsum(np.cumsum(d2, axis=1), axis=1)[:, :-1]  # g at x = sum_{y<x} d1(y)
+        p = g.period
+        shift = lo % p
+        total = shift + span
+        padded = np.zeros((rows, -(-total // p) * p))
+        padded[:, shift:total] = vals
+        folded = padded.reshape(rows, -1, p).sum(axis=1)
+        acc.reshape(rows, length // p, p)[...] += folded[:, None, :]
+    return acc
+
+
+def _energetic(groups: list[_RunGroup], n_arrays: int, length: int, lengths: Sequence[int] = BOUND_LENGTHS,
+               tops: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Energetic bound: for every circular interval [a, a + l), the work that must fall inside.
 
     A run released at r with slack delta (it starts somewhere in [r, r + delta]) and
@@ -488,53 +527,37 @@ def _energetic(groups: list[_RunGroup], n_arrays: int, length: int,
     all ``a`` at once it is four point masses in its second difference; runs of a
     period ``p`` are summed on ``p`` residues and tiled.
 
-    Returns (bound, best interval length) arrays of shape (n_arrays, 2) for (runs, MB).
+    Returns (bound, best interval length, its start) arrays of shape (n_arrays, 2) for
+    (runs, MB); ``tops`` (if given) receives, per length, (length, bound of its best
+    interval, that interval's start), each of shape (n_arrays, 2).
     """
     best = np.zeros((n_arrays, 2))
     best_len = np.zeros((n_arrays, 2), dtype=np.int64)
-    rows = n_arrays * 2
+    best_pos = np.zeros((n_arrays, 2), dtype=np.int64)
     for ell in lengths:
-        acc = np.zeros((rows, length))
-        for g in groups:
-            a_ = ell - g.slack  # the "A" of g(x)
-            b_ = g.dur
-            ok = a_ + b_ >= 2
-            if not ok.any():
-                continue
-            a_, b_ = a_[ok], b_[ok]
-            c = np.minimum(b_, ell)
-            rel = g.release[ok]
-            knee1 = np.minimum(c - a_, (b_ - a_) // 2)
-            knee2 = np.maximum(b_ - c, -((a_ - b_) // 2))
-            pos = np.concatenate([rel - a_, rel + knee1, rel + knee2, rel + b_])
-            lo = int(pos.min())
-            span = int(pos.max()) - lo + 2
-            sign = np.repeat(np.array([1.0, -1.0, -1.0, 1.0]), len(rel))
-            arr = np.tile(g.array[ok], 4)
-            mem = np.tile(g.mem[ok], 4)
-            idx = np.concatenate([(2 * arr) * span + pos - lo, (2 * arr + 1) * span + pos - lo])
-            wts = np.concatenate([sign, sign * mem])
-            d2 = np.bincount(idx, wts, rows * span).reshape(rows, span)
-            vals = np.zeros((rows, span))
-            vals[:, 1:] = np.cumsum(np.cumsum(d2, axis=1), axis=1)[:, :-1]  # g at x = sum_{y<x} d1(y)
-            p = g.period
-            shift = lo % p
-            total = shift + span
-            padded = np.zeros((rows, -(-total // p) * p))
-            padded[:, shift:total] = vals
-            folded = padded.reshape(rows, -1, p).sum(axis=1)
-            acc.reshape(rows, length // p, p)[...] += folded[:, None, :]
+        acc = _forced_work(groups, n_arrays, length, ell)
         here = (acc.max(axis=1) / ell).reshape(n_arrays, 2)
         better = here > best
         best = np.where(better, here, best)
         best_len = np.where(better, ell, best_len)
-    return best, best_len
+        where = acc.argmax(axis=1).reshape(n_arrays, 2)
+        best_pos = np.where(better, where, best_pos)
+        if tops is not None:
+            tops.append((ell, here, where))
+    return best, best_len, best_pos
 
 
-def _bounds(model: _Model, *, slots: bool = True) -> np.ndarray:
-    """(n_arrays, 2) lower bounds on (peak runs, peak MB) for total and each slot."""
+def _bounds(model: _Model, *, slots: bool = True, lagrangian_s: float = 0.0) -> np.ndarray:
+    """(n_arrays, 2) lower bounds on (peak runs, peak MB) for total and each slot.
+
+    ``lagrangian_s`` CPU seconds (0: none) are spent raising the energetic bounds with the
+    Lagrangian bound (:class:`_Lagrangian`): the uniform weights on the best interval of
+    each length, then (totals only) a refinement of the best of them.  Totals first."""
     n_arrays = model.n_arrays if slots else 1
-    bound, _ = _energetic(_groups(model, slots=slots), n_arrays, model.length)
+    tops: list = []
+    bound, _, _ = _energetic(_groups(model, slots=slots), n_arrays, model.length, tops=tops)
+    if lagrangian_s > 0:
+        _lagrangian_bounds(model, bound, tops, n_arrays, time.process_time() + lagrangian_s)
     # A single job alone already reaches selfk runs and selfk * memory.
     for c in model.jobs + model.peer:
         arrays = (0, 1 + c.slot) if (slots and c.slot >= 0) else (0,)
@@ -544,6 +567,132 @@ def _bounds(model: _Model, *, slots: bool = True) -> np.ndarray:
     _against_fixed(model, bound, n_arrays)
     bound[:, 0] = np.ceil(bound[:, 0] - 1e-9)  # run counts are whole numbers
     return bound
+
+
+class _Lagrangian:
+    """Lagrangian (LP-dual) bound on the peak of one load ``a``, resource ``r`` (0 runs, 1 MB).
+
+    For any weights ``y >= 0`` on the seconds with ``sum(y) = 1`` and any plan, the peak
+    is at least the ``y``-weighted mean load, and each job's part of that mean is at least
+    its smallest over its allowed offsets, so
+
+        peak >= L(y) = sum_t y_t * fixed_t + sum_j w_j * min_o sum_{t run by j at o} y_t
+
+    whatever the offsets.  All runs of a job share one offset, which energetic reasoning
+    (one run at a time) cannot use; the energetic bound of an interval is ``L`` of the
+    uniform weights on it, and the best ``y`` gives the LP relaxation of the time-indexed
+    model.  ``L`` is concave; its supergradient at ``y`` is the load of the plan that puts
+    every job at its cheapest offset.  Every ``y`` tried gives a valid bound and the
+    largest is kept: :func:`_bounds` tries the uniform weights on the best interval of
+    every length of the energetic bound, then refines the best with :meth:`refine`.
+    """
+
+    def __init__(self, model: _Model, a: int, r: int) -> None:
+        self.length = model.length
+        self.fixed = _fixed_load(model)[a, r]
+        members = [c for c in model.jobs if not c.fixed and (a == 0 or c.slot == a - 1)]
+        parts: dict[tuple, list[_Job]] = {}
+        for c in members:
+            parts.setdefault((c.period, c.head.tobytes()), []).append(c)
+        self.groups = []
+        for (p, _), cs in parts.items():
+            head = cs[0].head
+            base = np.array([c.base for c in cs], dtype=np.int64)
+            win = np.array([c.window for c in cs], dtype=np.int64)
+            dur = np.array([c.dur for c in cs], dtype=np.int64)
+            w = np.ones(len(cs)) if r == 0 else np.array([c.mem for c in cs])
+            o = np.arange(int(win.max()))
+            st = head[None, None, :] + base[:, None, None] + o[None, :, None]
+            tiles = -(-(int(st.max() + dur.max()) + 1) // p)
+            self.groups.append((p, st, st + dur[:, None, None], o[None, :] >= win[:, None], w, dur, tiles))
+
+    def value(self, y: np.ndarray, want_load: bool = True,  # noqa: FBT001
+              support: np.ndarray | None = None) -> tuple[float, np.ndarray | None]:
+        """(L(y), load of the plan putting every job at its cheapest offset under y).
+        ``support``: the seconds where ``y`` may be non-zero (faster folds)."""
+        length = self.length
+        if support is not None:
+            support = np.unique(support)
+            ys = y[support]
+        value = float(y @ self.fixed) if support is None else float(ys @ self.fixed[support])
+        folds: dict[tuple[int, int], np.ndarray] = {}
+        patterns: dict[int, np.ndarray] = {}
+        for p, st, en, bad, w, dur, tiles in self.groups:
+            pre = folds.get((p, tiles))
+            if pre is None:
+                if support is not None:
+                    yf = np.bincount(support % p, ys, p)
+                else:
+                    yf = y if p == length else y.reshape(length // p, p).sum(axis=0)
+                pre = folds[(p, tiles)] = np.concatenate([[0.0], np.cumsum(np.tile(yf, tiles))])
+            cost = (pre[en] - pre[st]).sum(axis=2)
+            cost[bad] = np.inf
+            o = np.argmin(cost, axis=1)
+            value += float((w * cost[np.arange(len(o)), o]).sum())
+            if want_load:  # the answer's load, on the period's residues
+                s0 = (st[:, 0, :] + o[:, None]) % p  # (jobs, heads)
+                e0 = s0 + dur[:, None]
+                wx = np.broadcast_to(w[:, None], s0.shape).ravel()
+                pat = patterns.setdefault(p, np.zeros(p + 1))
+                pat += np.bincount(s0.ravel(), wx, p + 1) - np.bincount((e0 % p).ravel(), wx, p + 1)
+                pat[p] += float((wx * (e0 // p).ravel()).sum())  # whole turns of the period
+        if not want_load:
+            return value, None
+        load = self.fixed.copy()
+        for p, pat in patterns.items():
+            fold = np.cumsum(pat[:p]) + pat[p]
+            load += fold if p == length else np.tile(fold, length // p)
+        return value, load
+
+    def refine(self, y: np.ndarray, support: np.ndarray, iters: int, eta: float = 1.0,
+               cpu_end: float | None = None) -> float:
+        """Largest L met while multiplicative weights (Hedge) on ``support`` play against
+        the cheapest-offset answers, from ``y``; the running mean of the weights is tried
+        too (it converges to the best weights on the support)."""
+        best = -math.inf
+        y = y.copy()
+        y[support] += 1e-3 / len(support)
+        y /= y.sum()
+        mean = np.zeros_like(y)
+        for k in range(iters):
+            if cpu_end is not None and k and time.process_time() > cpu_end:
+                break
+            val, load = self.value(y, support=support)
+            mean += y
+            best = max(best, val, self.value(mean / (k + 1), want_load=False, support=support)[0])
+            g = load[support]
+            y[support] *= np.exp(eta * (g - g.max()) / max(float(load.max()), 1e-9))
+            y /= y.sum()
+        return best
+
+
+def _lagrangian_bounds(model: _Model, bound: np.ndarray, tops: list, n_arrays: int, cpu_end: float) -> None:
+    """Raise ``bound`` in place with Lagrangian bounds until the CPU clock reaches ``cpu_end``."""
+    length = model.length
+    for a in range(n_arrays):
+        for r in (0, 1):
+            if bound[a, r] <= 0 or time.process_time() > cpu_end:
+                continue
+            lag = _Lagrangian(model, a, r)
+            best, best_box = -math.inf, None
+            # Longest first: long intervals gain most from linking a job's runs.
+            for ell, here, where in sorted(tops, key=lambda t: -t[0]):
+                if ell < 20 or here[a, r] < 0.7 * bound[a, r]:
+                    continue
+                if time.process_time() > cpu_end:
+                    break
+                y = np.zeros(length)
+                box = (int(where[a, r]) + np.arange(ell)) % length
+                y[box] = 1.0 / ell
+                val = lag.value(y, want_load=False, support=box)[0]
+                if val > best:
+                    best, best_box = val, (y, int(where[a, r]), ell)
+            if best_box is not None and a == 0:
+                y, start, ell = best_box
+                margin = max(60, ell)
+                support = (start - margin + np.arange(ell + 2 * margin)) % length
+                best = max(best, lag.refine(y, support, 40, cpu_end=min(cpu_end, time.process_time() + 0.25)))
+            bound[a, r] = max(bound[a, r], best)
 
 
 def _against_fixed(model: _Model, bound: np.ndarray, n_arrays: int) -> None:
@@ -579,7 +728,8 @@ def _peaks_from(model: _Model, arr: np.ndarray) -> Peaks:
     return Peaks(float(arr[0, 0]), float(arr[0, 1]), slots)
 
 
-def lower_bound(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, day: dt.date | None = None) -> Peaks:
+def lower_bound(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, day: dt.date | None = None,
+                lagrangian_s: float = LAGRANGIAN_S) -> Peaks:
     """A peak no plan can beat, for runs and memory, in total and per slot.
 
     The maximum of valid bounds, each holding for every choice of offsets:
@@ -600,7 +750,7 @@ def lower_bound(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, day: d
     Run counts are rounded up, as a peak of runs is a whole number.
     """
     model = _Model(jobs, peer, day)
-    return _peaks_from(model, _bounds(model))
+    return _peaks_from(model, _bounds(model, lagrangian_s=lagrangian_s))
 
 
 # --------------------------------------------------------------------------------------
@@ -661,8 +811,13 @@ class _Engine:
             xv = self.X.reshape(n_arr, 2, length // q, q)
             ev = self.E.reshape(n_arr, 2, length // q, q)
             for a in self.pending_arrays[q]:
-                xv[a] += acc[a][:, None, :]
-                ev[a] *= np.exp(acc[a] * self.binv[a][:, None])[:, None, :]
+                nz = np.flatnonzero(acc[a].any(axis=0))
+                if nz.size * 4 < q:  # few residues changed: touch only those
+                    xv[a][:, :, nz] += acc[a][:, None, nz]
+                    ev[a][:, :, nz] *= np.exp(acc[a][:, nz] * self.binv[a][:, None])[:, None, :]
+                elif nz.size:
+                    xv[a] += acc[a][:, None, :]
+                    ev[a] *= np.exp(acc[a] * self.binv[a][:, None])[:, None, :]
         self.pending.clear()
         self.pending_arrays.clear()
 
@@ -870,6 +1025,12 @@ def _size_order(model: _Model, scales: np.ndarray) -> list[int]:
     return sorted(movable, key=lambda j: (tier[j], model.jobs[j].period, -size[j], j))
 
 
+def _ils_total(n_jobs: int) -> float:
+    """CPU seconds a whole plan may take before the randomised search stops (it only
+    runs with time left: small and medium inputs; large ones spend the budget earlier)."""
+    return 1.5 if n_jobs <= 2000 else 0.0
+
+
 def _fixed_load(model: _Model) -> np.ndarray:
     """(n_arrays, 2, cycle) load of the runs that cannot move: peer and pinned jobs."""
     length = model.length
@@ -909,7 +1070,7 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     cpu0 = time.process_time()
     deadline = cpu0 + time_budget_s
     model = _Model(jobs, peer, day)
-    bound = _bounds(model)
+    bound = _bounds(model, lagrangian_s=float(cfg.get("lagrangian_s", LAGRANGIAN_S)))
     t_bound = time.perf_counter() - t0
     scales = np.where(bound > 0, bound, 1.0)
     eng = _Engine(model, scales, objective, cfg["beta"])
@@ -1015,6 +1176,71 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
             tries[target] = tries.get(target, 0) + 1
             if tries[target] >= len(radii):
                 stuck.add(target)
+    # 4. Randomised ruin and recreate (iterated local search) while the CPU budget lasts:
+    # lift a few jobs running at a busiest second of a heavily loaded load (not only the
+    # worst: the others count through the sum of normalised peaks), put them back in a
+    # shuffled order on the exact peak, keep the result if the objective is no worse
+    # (sideways moves let the search walk along plateaus).  Seeded, so deterministic.
+    rng = np.random.default_rng(int(cfg.get("seed", 0)))
+    cpu_now = time.process_time()
+    ils_total = float(cfg.get("ils_total_s", _ils_total(len(jobs))))  # CPU seconds for the whole call
+    ils_deadline = min(deadline, max(cpu0 + ils_total, cpu_now + float(cfg.get("ils_min_s", 0.3))))
+    n_ils = n_ils_better = 0
+    cur_key = best_key
+    while time.process_time() < ils_deadline and cover.owner.size:
+        X = eng.sync()
+        peaks = X.max(axis=2) * eng.inv
+        top = float(peaks.max())
+        if top <= 0:
+            break
+        cand = np.argwhere(peaks >= top * float(cfg.get("ils_near", 0.9)))
+        a, r = (int(v) for v in (np.unravel_index(int(np.argmax(peaks)), peaks.shape) if rng.random() < 0.5
+                                 else cand[rng.integers(len(cand))]))
+        row = X[a, r] * eng.inv[a, r]
+        hot = np.flatnonzero(row >= row.max() - 1e-9)
+        second = int(hot[rng.integers(len(hot))])
+        slot = None if a == 0 else a - 1
+        pool = cover.at(eng.offsets, second, slot, int(rng.choice((0, 0, 10, 30, 60))))
+        if not pool.size:
+            continue
+        k = int(min(pool.size, rng.integers(2, 9)))
+        lifted_list = [int(j) for j in rng.choice(pool, size=k, replace=False)]
+        # Put back period by period (a fold is rebuilt at each change of period), the
+        # periods in random order, within a period largest first or shuffled.
+        by_p: dict[int, list[int]] = {}
+        for j in lifted_list:
+            by_p.setdefault(model.jobs[j].period, []).append(j)
+        groups = list(by_p.values())
+        rng.shuffle(groups)
+        if rng.random() < 0.5:
+            for g in groups:
+                g.sort(key=rank.__getitem__)
+        lifted_list = [j for g in groups for j in g]
+        old = {j: int(eng.offsets[j]) for j in lifted_list}
+        for j in sorted(lifted_list, key=lambda j: model.jobs[j].period):
+            eng.enter(model.jobs[j].period)
+            eng.place(j, old[j], -1.0)
+        for j in lifted_list:
+            c = model.jobs[j]
+            eng.enter(c.period)
+            # Half the time the first job must move: a kick out of the local optimum.
+            prefer = old[j] if (j != lifted_list[0] or rng.random() < 0.5) else -1
+            new = eng.choose(j, prefer=prefer, mode="max")
+            if prefer == -1 and new == old[j] and c.window > 1:
+                new = int(c.base + (new - c.base + rng.integers(1, c.window)) % c.window)
+            eng.place(j, new)
+        n_ils += 1
+        key = _objective_key(eng.sync(), eng.inv, objective)
+        if key <= cur_key:
+            cur_key = key
+            if key < best_key:
+                best_key, best_offsets = key, eng.offsets.copy()
+                n_ils_better += 1
+        else:
+            for j in sorted(lifted_list, key=lambda j: model.jobs[j].period):  # undo
+                eng.enter(model.jobs[j].period)
+                eng.place(j, int(eng.offsets[j]), -1.0)
+                eng.place(j, old[j])
     offsets = best_offsets
 
     before = _profile(model, np.array([c.offset0 for c in model.jobs], dtype=np.int64))
@@ -1025,7 +1251,8 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
         for i, (j, c) in enumerate(zip(jobs, model.jobs, strict=True))
     ]
     stats = {"bound_s": round(t_bound, 4), "greedy_s": round(t_greedy, 4), "passes_s": round(t_passes, 4),
-             "passes": n_passes, "rr_rounds": n_rounds, "jobs": len(jobs), "peer": len(peer)}
+             "passes": n_passes, "rr_rounds": n_rounds, "ils_rounds": n_ils, "ils_improved": n_ils_better,
+             "jobs": len(jobs), "peer": len(peer)}
     return Plan(objective, [int(o) for o in offsets], assignments, before, after, peer_load,
                 _peaks_from(model, bound), time.perf_counter() - t0, stats)
 
@@ -1086,7 +1313,7 @@ def _sample_bound(model: _Model, ticks: np.ndarray, owner: np.ndarray, d: np.nda
         model.length, np.zeros(len(release), dtype=np.int64), release,
         np.concatenate([slack[owner], np.zeros(len(pticks), dtype=np.int64)]),
         np.concatenate([d, pd]), np.concatenate([mem[owner], pmem[powner]]))
-    bound, _ = _energetic([group], 1, model.length)
+    bound, _, _ = _energetic([group], 1, model.length)
     bj = math.ceil(bound[0, 0] - 1e-9)
     bm = float(bound[0, 1])
     # The largest single run is a bound too.
