@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2, help="alternate plain/tracked this many times")
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the workers' logs here at the end")
     args = parser.parse_args()
     env = prepare()
     from django.utils import timezone
@@ -87,6 +88,23 @@ def main() -> None:
             time.sleep(0.01)
         return n / (time.perf_counter() - t0)
 
+    def phases(ids: list[int]) -> None:
+        """Where a tracked run's time goes (ms, p50 / p95 over the round)."""
+        import numpy as np
+
+        rows = list(JobRun.objects.filter(pk__in=ids).values_list(
+            "created_at", "queued_at", "admitted_at", "started_at", "finished_at"))
+        attempts = r.llen("smartcron:admission:latency_ms")
+        r.delete("smartcron:admission:latency_ms")
+        out = []
+        for label, a, b in (("created->queued", 0, 1), ("queued->admitted", 1, 2), ("admitted->started", 2, 3),
+                            ("started->finished", 3, 4)):
+            ms = [(row[b] - row[a]).total_seconds() * 1000 for row in rows if row[a] and row[b]]
+            if ms:
+                out.append(f"{label} {np.percentile(ms, 50):.0f}/{np.percentile(ms, 95):.0f}")
+        print(f"  phases ms p50/p95: {', '.join(out)}; admission attempts {attempts} for {len(rows)} runs",
+              flush=True)
+
     def tracked_round(n: int) -> float:
         base = timezone.now() - dt.timedelta(seconds=1)
         runs = JobRun.objects.bulk_create(
@@ -100,6 +118,7 @@ def main() -> None:
         while JobRun.objects.filter(pk__in=ids).exclude(state__in=FINAL_STATES).exists():
             time.sleep(0.02)
         rate = n / (time.perf_counter() - t0)
+        phases(ids)
         bad = JobRun.objects.filter(pk__in=ids).exclude(state="succeeded").count()
         if bad:
             print(f"  warning: {bad} tracked runs did not succeed")
@@ -115,6 +134,10 @@ def main() -> None:
         print(f"round {i + 1}: plain {plain_rates[-1]:.0f} runs/s, tracked {tracked_rates[-1]:.0f} runs/s", flush=True)
     for w in workers:
         w.stop()
+    if args.keep_logs:
+        import shutil
+
+        shutil.copytree(logdir, args.keep_logs, dirs_exist_ok=True)
     plain = max(plain_rates)
     tracked = max(tracked_rates)
     print(f"plain Celery + subprocess: {plain:.0f} runs/s (best of {args.rounds} x {args.runs})")

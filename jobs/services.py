@@ -122,7 +122,15 @@ def schedule_retry(run: JobRun) -> JobRun | None:
 def close_run(run: JobRun, from_states, to_state: str, **fields) -> bool:
     """Move a run to a final state (fenced) and run the after-run bookkeeping."""
     fields.setdefault("finished_at", timezone.now())
-    if not run.transition(from_states, to_state, **fields):
-        return False
-    record_finished(run)
+    # One transaction: the final state and everything it implies (job fields, alerts,
+    # stats, baseline, health) commit together, one commit (and on SQLite one write-lock
+    # acquisition) per run instead of one per statement.
+    with transaction.atomic():
+        if not run.transition(from_states, to_state, **fields):
+            return False
+        try:
+            with transaction.atomic():  # a savepoint: failing bookkeeping never loses the final state
+                record_finished(run)
+        except Exception:  # noqa: BLE001 - the run's outcome is recorded; the rest is logged
+            log.exception("after-run bookkeeping failed for run %s", run.pk)
     return True

@@ -21,7 +21,7 @@ from jobs.models import Job, JobRun, RunState
 from jobs.paths import PathNotAllowed, check_script_path
 from jobs.runner import Outcome, RunSpec
 from jobs.runner import run as run_script
-from slots import admission, host_guard, procs
+from slots import admission, conf, host_guard, procs
 from slots.admission import admit
 from slots.heartbeat import Heartbeat, claim_for_execute
 from slots.leases import LeaseStore
@@ -66,29 +66,47 @@ def start(run_id: int, chain: str | None = None, attempt: int = 0, kick: bool = 
     if run is None or run.is_final or run.state in (RunState.ADMITTED, RunState.RUNNING):
         return "nothing to do"
     now = timezone.now()
-    if run.state == RunState.PENDING and not run.transition(RunState.PENDING, RunState.QUEUED, queued_at=now):
-        return "moved on"
+    waiting = (RunState.PENDING, RunState.QUEUED)
     slot = run.job.slot
+    store = LeaseStore()
     deadline = run.scheduled_for + dt.timedelta(seconds=run.job.start_window_seconds)
     if now > deadline:
-        LeaseStore().leave_waiting(slot.name, run.pk)
+        store.leave_waiting(slot.name, run.pk)
         admission.clear_waiting(run.pk)
-        services.close_run(run, RunState.QUEUED, RunState.MISSED,
+        services.close_run(run, waiting, RunState.MISSED,
                            error=f"not admitted within its start window ({run.job.start_window_seconds} s)")
         return "missed"
     token = None if kick else admission.claim_chain(run.pk, chain)
+    if chain is not None and token is not None and store.still_full(slot.name, run.pk, max_jobs=slot.max_concurrent,
+                                                                    memory_budget_mb=slot.memory_budget_mb,
+                                                                    cpu_budget=slot.cpu_percent,
+                                                                    waiting_ttl=conf.WAITING_TTL_SECONDS):
+        # A poll of a run waiting for room in a slot that still has none for it: nothing
+        # else to check, and its place in line is kept.  A freed place wakes the runs it
+        # fits at once, so this poll is only the safety net and can be slow.
+        start.apply_async((run.pk,), {"chain": token, "attempt": attempt + 1},
+                          countdown=admission.line_poll_delay_s(), queue=settings.DISPATCH_QUEUE)
+        return "waiting: slot still full"
     began = time.perf_counter()
-    decision = admit(run)
+    decision = admit(run, store)
     admission.record_latency((time.perf_counter() - began) * 1000)
+    if kick:
+        store.woken_back(slot.name, run.pk)
     if decision.admitted:
         execute.apply_async((run.pk,), queue=slot.queue)
         admission.clear_waiting(run.pk)
         return "admitted"
     if decision.final_state is not None:
         if decision.final_state in (RunState.SKIPPED, RunState.CANCELLED, RunState.MISSED):
-            services.close_run(run, RunState.QUEUED, decision.final_state, error=decision.reason)
+            services.close_run(run, waiting, decision.final_state, error=decision.reason)
         admission.clear_waiting(run.pk)
         return decision.reason
+    # Waiting: a run admitted at its first attempt never passes through QUEUED (one write
+    # less); one that must wait is shown as QUEUED from now on.
+    if run.state == RunState.PENDING and not run.transition(RunState.PENDING, RunState.QUEUED, queued_at=now):
+        store.leave_waiting(slot.name, run.pk)
+        admission.clear_waiting(run.pk)
+        return "moved on"
     if token is None:
         return f"waiting (attempt without a chain): {decision.reason}"
     admission.note_waiting(run.pk, token, decision.reason)
@@ -136,7 +154,7 @@ def execute(run_id: int) -> str:
         if owned["lease"]:
             store.release(slot, run.pk, job.pk)
             host_guard.forget(run.pk)
-            admission.wake_after_release(slot, job.pk, store)
+            admission.wake_after_release(slot, job.pk, store, slot_waiters=not owned.get("woken"), slot_row=job.slot)
 
 
 def _execute(run: JobRun, job: Job, slot: str, store: LeaseStore, owned: dict) -> str:
@@ -163,29 +181,39 @@ def _execute(run: JobRun, job: Job, slot: str, store: LeaseStore, owned: dict) -
         user=user, sample_interval_s=settings.SAMPLE_INTERVAL_SECONDS,
         kill_grace_s=settings.KILL_GRACE_SECONDS, tail_bytes=settings.OUTPUT_TAIL_BYTES,
     )
-    # Everything that writes to the database happens before the planned second: the start
-    # task came early on purpose (DISPATCH_LEAD_MS), and only the fork/exec is left for the
-    # second itself.  started_at is corrected to the real start right after the spawn.
+    # Nothing between here and the fork/exec writes to the database: the start task came
+    # early on purpose (DISPATCH_LEAD_MS) and the slot worker only renews its lease (Redis)
+    # and sleeps to the planned second.  The run turns RUNNING right after the spawn, in
+    # the same write as its pid and real start time.
     handed_back = claim_for_execute(run, slot, store)
     if handed_back:
         return f"requeued: {handed_back}"
-    if not run.transition(RunState.ADMITTED, RunState.RUNNING, started_at=timezone.now(), worker_host=HOSTNAME,
-                          heartbeat_at=timezone.now()):
-        return "fenced: moved on before start"
-    owned["lease"] = True
+    heartbeat = Heartbeat(run, slot, store)
     delay = run.scheduled_for.timestamp() - time.time()
     if 0 < delay < 30:
         time.sleep(delay)
+
     def on_start(pid: int, started_at: float) -> None:
         started = dt.datetime.fromtimestamp(started_at, dt.UTC)
-        JobRun.objects.filter(pk=run.pk, state=RunState.RUNNING).update(
-            pid=pid, started_at=started, queue_wait_s=(started - run.scheduled_for).total_seconds())
+        if run.transition(RunState.ADMITTED, RunState.RUNNING, started_at=started, pid=pid, worker_host=HOSTNAME,
+                          heartbeat_at=timezone.now(),
+                          queue_wait_s=(started - run.scheduled_for).total_seconds()):
+            owned["lease"] = True
+        else:
+            # Moved on (cancelled, handed back) while this worker was about to start it:
+            # the runner stops the tree at its first sample and the outcome is refused.
+            heartbeat.stop("moved on before start (fenced)", RunState.CANCELLED)
 
-    heartbeat = Heartbeat(run, slot, store)
     result = run_script(spec, on_start=on_start, on_sample=heartbeat)
+    if not result.pid:  # the script could not even be started (on_start never ran)
+        owned["lease"] = services.close_run(run, RunState.ADMITTED, RunState.FAILED, error=result.error[:4000])
+        return "failed to start"
+    if not owned["lease"]:
+        return "fenced: moved on before start"
     # The whole tree is gone: its place in the slot is free now, not after the bookkeeping.
     store.free_place(slot, run.pk, job_id=job.pk, ttl=settings.LEASE_TTL_SECONDS)
-    admission.wake_after_release(slot, None, store)
+    admission.wake_after_release(slot, None, store, slot_row=job.slot)
+    owned["woken"] = True
     state = OUTCOME_STATE[result.outcome]
     if result.outcome == Outcome.CANCELLED and heartbeat.state:
         state = heartbeat.state  # LOST (lease gone) or KILLED_MEMORY (host guard) rather than CANCELLED

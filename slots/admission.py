@@ -124,6 +124,16 @@ def retry_delay_s(attempt: int) -> float:
     return min(float(conf.ADMISSION_RETRY_MAX_MS), base * 1.5 ** min(attempt, 30)) / 1000.0
 
 
+def line_poll_delay_s() -> float:
+    """Poll period of a run that waits in a slot's line with no room yet (woken on release).
+
+    Half the waiting-entry TTL: the entry is refreshed before it can expire even when a
+    poll comes late, and a backlog of hundreds of waiting runs costs a few cheap Redis
+    calls per second instead of a full admission per run every half second.
+    """
+    return max(retry_delay_s(0), conf.WAITING_TTL_SECONDS / 2)
+
+
 def record_latency(ms: float) -> None:
     pipe = get_redis().pipeline(transaction=False)
     pipe.lpush(LATENCY_KEY, round(ms, 3))
@@ -143,6 +153,10 @@ def cpu_claim(job: Job, slot: ExecutionSlot) -> float:
 
 def _overlap(run: JobRun) -> Decision | None:
     job = run.job
+    if job.overlap_policy == Job.OverlapPolicy.ALLOW:
+        # Up to max_instances at once: the job's instance lease (one atomic Lua call in
+        # LeaseStore.acquire) enforces exactly that, so no query is needed here.
+        return None
     # One query for the job's other active runs (usually none).
     others = list(JobRun.objects.filter(job=job, state__in=ACTIVE_STATES).exclude(pk=run.pk)
                   .order_by("scheduled_for").values_list("pk", "state", "scheduled_for"))
@@ -174,9 +188,6 @@ def _overlap(run: JobRun) -> Decision | None:
         if live:
             return Decision(False, f"overlap policy 'replace': stopping run {live[0]}")
         return None
-    # ALLOW
-    if len(live) >= job.max_instances:
-        return Decision(False, f"max instances ({job.max_instances}) running")
     return None
 
 
@@ -237,8 +248,9 @@ def admit(run: JobRun, store: LeaseStore | None = None) -> Decision:
     if not attempt.granted:
         return _refusal(attempt, run, slot, exclusive)
     now = timezone.now()
-    if run.transition(RunState.QUEUED, RunState.ADMITTED, admitted_at=now, slot_name=slot.name,
-                      expected_memory_mb=expected, heartbeat_at=now):
+    if run.transition((RunState.PENDING, RunState.QUEUED), RunState.ADMITTED, admitted_at=now,
+                      queued_at=run.queued_at or now, slot_name=slot.name, expected_memory_mb=expected,
+                      heartbeat_at=now):
         return Decision(True, "admitted")
     # Someone else moved the run on.  The lease is keyed by the run id, so if another
     # dispatcher admitted the same run we share its lease and must leave it alone.
@@ -270,37 +282,36 @@ def wake(run_ids: list[int]) -> None:
 
 
 def runs_that_fit(slot: ExecutionSlot, store: LeaseStore) -> list[int]:
-    """Waiting runs of ``slot`` that would get a place now, greedily in line order (what the script does)."""
-    usage = store.usage(slot.name)
-    count, mem, cpu = len(usage.holders), usage.memory_in_use_mb, usage.cpu_in_use
-    fit: list[int] = []
-    for w in store.waiting(slot.name):
-        if count >= slot.max_concurrent:
-            break
-        if count == 0 or (mem + w.memory_mb <= slot.memory_budget_mb + 1e-6
-                          and cpu + w.cpu <= slot.cpu_percent + 1e-6):
-            fit.append(w.run_id)
-            count, mem, cpu = count + 1, mem + w.memory_mb, cpu + w.cpu
-    return fit
+    """Waiting runs of ``slot`` that would get a place now, greedily in line order (what acquire does)."""
+    return store.fits(slot.name, max_jobs=slot.max_concurrent, memory_budget_mb=slot.memory_budget_mb,
+                      cpu_budget=slot.cpu_percent, limit=slot.max_concurrent)
 
 
-def wake_after_release(slot: str, job_id: int | None = None, store: LeaseStore | None = None) -> list[int]:
+def wake_after_release(slot: str, job_id: int | None = None, store: LeaseStore | None = None, *,
+                       slot_waiters: bool = True, slot_row: ExecutionSlot | None = None) -> list[int]:
     """A place in ``slot`` (or an instance of ``job_id``) was freed: wake the runs that may use it.
 
     The waiting runs the freed room fits (so a small run behind a big one is not left to
     its next poll), and the queued runs of the job itself, its dependents and its blocking
-    partners.  Each gets one immediate attempt; admission decides.
+    partners that wait for the job rather than for room (those in a slot's line are woken
+    by that slot's releases).  Each gets one immediate attempt; admission decides.
+    ``slot_waiters=False`` wakes only the latter (the slot's line was woken when the place
+    itself was freed); ``slot_row`` saves reading the slot's limits.
     """
     try:
         store = store or LeaseStore()
         ids: list[int] = []
-        slot_row = ExecutionSlot.objects.filter(name=slot).first()
-        if slot_row is not None:
-            ids += runs_that_fit(slot_row, store) or [w.run_id for w in store.waiting(slot)[:1]]
+        if slot_waiters:
+            if slot_row is None or slot_row.name != slot:
+                slot_row = ExecutionSlot.objects.filter(name=slot).first()
+            if slot_row is not None:
+                ids += runs_that_fit(slot_row, store)
         if job_id is not None:
             related = dependencies.related_job_ids(job_id)
-            ids += list(JobRun.objects.filter(job_id__in=related, state=RunState.QUEUED)
-                        .order_by("scheduled_for").values_list("pk", flat=True)[:WAKE_HEAD])
+            queued = dict(JobRun.objects.filter(job_id__in=related, state=RunState.QUEUED)
+                          .order_by("scheduled_for").values_list("pk", "slot_name")[:WAKE_HEAD * 4])
+            in_line = store.waiting_in_line({pk: name for pk, name in queued.items() if name})
+            ids += [pk for pk in queued if pk not in in_line][:WAKE_HEAD]
         ids = list(dict.fromkeys(ids))
         wake(ids)
         return ids

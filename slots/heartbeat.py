@@ -51,6 +51,8 @@ class Heartbeat:
 
     def __call__(self) -> bool:
         """True asks the runner to stop the job (TERM, grace, KILL to the whole tree)."""
+        if self.state is not None:
+            return True  # already decided (e.g. fenced off right after the spawn)
         now = time.monotonic()
         if now - self._last_kill_check >= KILL_CHECK_SECONDS:
             self._last_kill_check = now

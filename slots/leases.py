@@ -8,6 +8,7 @@ Keys of one slot (``<slot>`` is the slot name):
 ``smartcron:wait:<slot>``           ZSET  member = run id, score = priority rank, then planned time
 ``smartcron:wait:<slot>:exp``       ZSET  member = run id, score = expiry of the waiting entry
 ``smartcron:wait:<slot>:need``      HASH  run id -> "memory cpu" the waiting run asks for
+``smartcron:wait:<slot>:woken``     ZSET  member = run id woken by a release, score = expiry of that mark
 
 and of one job: ``smartcron:joblease:<job id>`` ZSET member = run id, score = expiry (the
 job's running instances, for overlap policies and mutual exclusion between jobs).
@@ -128,6 +129,90 @@ unwait(run)
 return {1, 'ok', count + 1, tostring(mem + need_mem), tostring(cpu + need_cpu), ''}
 """
 
+# A waiting run's poll: is there still no room for it?  Then it keeps its place in line
+# (its entry is refreshed) and nothing else needs checking.  "No room" is what acquire
+# would say: the slot is full for it, or the runs ahead of it in line that fit take the
+# room first.  0 when it is not waiting here (any more) or might get a place: the caller
+# goes through full admission.
+# KEYS: 1-6 as for acquire; ARGV: 1 now, 2 max jobs, 3 memory budget, 4 cpu budget,
+#       5 waiting ttl, 6 run id, 7 epsilon
+_STILL_FULL = _PRUNE + """
+local now = tonumber(ARGV[1])
+local run = ARGV[6]
+prune(now)
+local need = redis.call('HGET', KEYS[6], run)
+if not need or not redis.call('ZSCORE', KEYS[4], run) then return 0 end
+local max_jobs = tonumber(ARGV[2])
+local mem_budget = tonumber(ARGV[3]) + tonumber(ARGV[7])
+local cpu_budget = tonumber(ARGV[4]) + tonumber(ARGV[7])
+local function full(c, m, u, nm, nc)
+  return c >= max_jobs or (c > 0 and (m + nm > mem_budget or u + nc > cpu_budget))
+end
+local c = redis.call('ZCARD', KEYS[1])
+local m = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do m = m + tonumber(v) end
+local u = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[3])) do u = u + tonumber(v) end
+local nm, nc = string.match(need, '(%S+) (%S+)')
+nm = tonumber(nm); nc = tonumber(nc)
+local no_room = full(c, m, u, nm, nc)
+if not no_room then
+  for _, other in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+    if other == run then break end
+    local o = redis.call('HGET', KEYS[6], other)
+    if o then
+      local om, oc = string.match(o, '(%S+) (%S+)')
+      om = tonumber(om); oc = tonumber(oc)
+      if not full(c, m, u, om, oc) then
+        c = c + 1; m = m + om; u = u + oc
+        if full(c, m, u, nm, nc) then no_room = true; break end
+      end
+    end
+  end
+end
+if not no_room then return 0 end
+redis.call('ZADD', KEYS[5], now + tonumber(ARGV[5]), run)
+return 1
+"""
+
+# Who in the line should be woken now: greedily in line order, the runs that would get a
+# place (what acquire does for each of them), at most ARGV[5].  A run already woken and
+# not yet back (KEYS[7], member = run, score = expiry of the mark) counts as taking its
+# place but is not woken twice: many releases in a row wake many different runs.
+# KEYS: 1-6 as for acquire, 7 woken zset; ARGV: 1 now, 2 max jobs, 3 memory budget,
+#       4 cpu budget, 5 limit, 6 epsilon, 7 how long a wake mark lasts (s)
+_FITS = _PRUNE + """
+local now = tonumber(ARGV[1])
+prune(now)
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. now)
+local max_jobs = tonumber(ARGV[2])
+local mem_budget = tonumber(ARGV[3]) + tonumber(ARGV[6])
+local cpu_budget = tonumber(ARGV[4]) + tonumber(ARGV[6])
+local limit = tonumber(ARGV[5])
+local c = redis.call('ZCARD', KEYS[1])
+local m = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do m = m + tonumber(v) end
+local u = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[3])) do u = u + tonumber(v) end
+local out = {}
+for _, w in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  if c >= max_jobs or #out >= limit then break end
+  local need = redis.call('HGET', KEYS[6], w)
+  if need then
+    local nm, nc = string.match(need, '(%S+) (%S+)')
+    nm = tonumber(nm); nc = tonumber(nc)
+    if c == 0 or (m + nm <= mem_budget and u + nc <= cpu_budget) then
+      c = c + 1; m = m + nm; u = u + nc
+      if not redis.call('ZSCORE', KEYS[7], w) then
+        out[#out + 1] = w
+        redis.call('ZADD', KEYS[7], now + tonumber(ARGV[7]), w)
+      end
+    end
+  end
+end
+return out
+"""
+
 # Renew only a lease still held and not yet expired: a holder whose lease ran out has
 # lost its place (someone else may already have it) and must stop its job.
 # KEYS: 1 lease zset, 2 job instance zset; ARGV: now, new expiry, run id
@@ -179,6 +264,11 @@ def slot_keys(slot: str) -> list[str]:
     """The six keys of one slot, in the order the scripts expect."""
     return [f"{PREFIX}{slot}", f"{PREFIX}{slot}:mem", f"{PREFIX}{slot}:cpu",
             f"{WAIT_PREFIX}{slot}", f"{WAIT_PREFIX}{slot}:exp", f"{WAIT_PREFIX}{slot}:need"]
+
+
+def woken_key(slot: str) -> str:
+    """ZSET of the slot's runs woken by a release and not back yet (member = run, score = expiry)."""
+    return f"{WAIT_PREFIX}{slot}:woken"
 
 
 def job_key(job_id: int) -> str:
@@ -243,6 +333,8 @@ class LeaseStore:
         self._reap = self.r.register_script(_REAP)
         self._rebuild = self.r.register_script(_REBUILD)
         self._free_place = self.r.register_script(_FREE_PLACE)
+        self._still_full = self.r.register_script(_STILL_FULL)
+        self._fits = self.r.register_script(_FITS)
 
     def acquire(self, slot: str, run_id: int, *, ttl: float, max_jobs: int, memory_mb: float,
                 memory_budget_mb: float, cpu: float = 0.0, cpu_budget: float = 1e9, job_id: int = 0,
@@ -258,6 +350,32 @@ class LeaseStore:
             cpu_budget, max_instances, repr(waiting_score), waiting_ttl, _EPS])
         return LeaseAttempt(bool(res[0]), _text(res[1]), int(res[2]), float(_text(res[3])), float(_text(res[4])),
                             _text(res[5]))
+
+    def still_full(self, slot: str, run_id: int, *, max_jobs: int, memory_budget_mb: float, cpu_budget: float,
+                   waiting_ttl: float) -> bool:
+        """True if ``run_id`` waits in ``slot``'s line and there is no room for it yet (entry refreshed)."""
+        return bool(self._still_full(keys=slot_keys(slot), args=[
+            repr(time.time()), max_jobs, memory_budget_mb, cpu_budget, waiting_ttl, run_id, _EPS]))
+
+    def fits(self, slot: str, *, max_jobs: int, memory_budget_mb: float, cpu_budget: float,
+             limit: int = 1000, mark_s: float = 2.0) -> list[int]:
+        """Waiting runs of ``slot`` to wake now: those that would get a place, greedily in line order,
+        minus those woken less than ``mark_s`` ago that have not come back yet (see ``woken_back``)."""
+        return [int(m) for m in self._fits(keys=slot_keys(slot) + [woken_key(slot)], args=[
+            repr(time.time()), max_jobs, memory_budget_mb, cpu_budget, limit, _EPS, mark_s])]
+
+    def woken_back(self, slot: str, run_id: int) -> None:
+        """A woken run made its attempt: it may be woken again."""
+        self.r.zrem(woken_key(slot), run_id)
+
+    def waiting_in_line(self, slot_of_run: dict[int, str]) -> set[int]:
+        """Which of these runs (run id -> slot name) hold a place in their slot's line."""
+        if not slot_of_run:
+            return set()
+        pipe = self.r.pipeline(transaction=False)
+        for run_id, slot in slot_of_run.items():
+            pipe.zscore(slot_keys(slot)[3], run_id)
+        return {run_id for run_id, score in zip(slot_of_run, pipe.execute(), strict=True) if score is not None}
 
     def renew(self, slot: str, run_id: int, *, ttl: float, job_id: int = 0) -> bool:
         now = time.time()

@@ -536,7 +536,14 @@ def test_release_wakes_the_waiting_runs_the_room_fits(store, slots, monkeypatch)
         assert take(store, run_id, slot="wake", mem=mem, max_jobs=2, budget=1000, prio=prio).reason == "jobs"
     store.release("wake", 6, 1006)
     # Room for two more runs and 500 MB: the big one does not fit, the two small ones do.
-    assert admission.runs_that_fit(slot, store) == [3, 4]
     woken = []
     monkeypatch.setattr(admission, "wake", woken.extend)
     assert admission.wake_after_release("wake", None, store) == [3, 4] and woken == [3, 4]
+    # Woken and not back yet: they count as taking the room, and are not woken twice.
+    assert admission.wake_after_release("wake", None, store) == []
+    store.woken_back("wake", 3)  # its attempt failed (say): it may be woken again
+    assert admission.runs_that_fit(slot, store) == [3]
+    assert admission.runs_that_fit(slot, store) == []
+    # A mark lasts a couple of seconds at most: a lost wake is not lost for long.
+    time.sleep(2.1)
+    assert store.fits("wake", max_jobs=3, memory_budget_mb=1000, cpu_budget=100, mark_s=0.1) == [3, 4]
