@@ -46,9 +46,12 @@ def on_run_finished(run) -> None:
     """Everything observability does after a run reached a final state.
 
     One transaction, so the figures of a run land together (one commit instead of one per
-    statement); notifications are published after it commits.
+    statement); notifications are published after it commits.  Inside ``close_run``'s
+    transaction no savepoint of its own: each step already swallows its errors, and
+    anything escaping rolls back close_run's savepoint around the bookkeeping (never the
+    run's final state).
     """
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         _on_run_finished(run)
 
 
@@ -64,8 +67,11 @@ def _on_run_finished(run) -> None:
     job_stats = job.stats if _has_stats(job) else None
     reference = (job_stats.reference_duration_p50, job_stats.reference_memory_p50) if job_stats else (None, None)
     counted = job_stats.runs_since_baseline if job_stats else None
-    open_alerts: dict[str, str] = dict(
-        Alert.objects.filter(job_id=job.pk, resolved_at__isnull=True).values_list("type", "severity"))
+    # Read by record_finished a moment ago in the same transaction (see services.record_finished).
+    open_alerts: dict[str, str] | None = getattr(run, "open_alerts", None)
+    if open_alerts is None:
+        open_alerts = dict(
+            Alert.objects.filter(job_id=job.pk, resolved_at__isnull=True).values_list("type", "severity"))
     succeeded = run.state == RunState.SUCCEEDED
     recent = _step("recent", run.pk, lambda: stats.recent_window(job.pk, conf.TREND_WINDOW)) if succeeded else None
     _step("stats", run.pk, lambda: stats.record(run, recent=recent))

@@ -76,15 +76,35 @@ def kill_job(job: Job) -> int:
     return n
 
 
+RECOVERED_TYPES = (Alert.Type.FAILURE, Alert.Type.TIMEOUT, Alert.Type.CONSECUTIVE_FAILURES, Alert.Type.LOST,
+                   Alert.Type.MISSED)
+
+
 def record_finished(run: JobRun) -> None:
-    """Everything that follows a run reaching a final state (the caller won the transition)."""
+    """Everything that follows a run reaching a final state (the caller won the transition).
+
+    The job's open alerts (type -> severity) are read once here and handed to the
+    run-finished hooks as ``run.open_alerts``, kept current with what this function
+    resolves and raises (most jobs have none: nothing to resolve, no UPDATE).
+    """
     job = run.job
     now = timezone.now()
     fields = {"last_run_at": run.finished_at or now, "last_state": run.state}
+    open_alerts: dict[str, str] = dict(
+        Alert.objects.filter(job_id=job.pk, resolved_at__isnull=True).values_list("type", "severity"))
+    run.open_alerts = open_alerts
+
+    def alert(type_: str, severity: str, message: str) -> None:
+        raised = alerts.raise_alert(job, type_, severity, message, run)
+        open_alerts[type_] = raised.severity if raised is not None else severity
+
     if run.state == RunState.SUCCEEDED:
         Job.objects.filter(pk=job.pk).update(consecutive_failures=0, last_success_at=run.finished_at or now, **fields)
-        alerts.resolve_alerts(job, [Alert.Type.FAILURE, Alert.Type.TIMEOUT, Alert.Type.CONSECUTIVE_FAILURES,
-                                    Alert.Type.LOST, Alert.Type.MISSED])
+        recovered = [t for t in RECOVERED_TYPES if t in open_alerts]
+        if recovered:
+            alerts.resolve_alerts(job, recovered)
+            for t in recovered:
+                open_alerts.pop(t, None)
     elif run.state in FAILURE_STATES:
         Job.objects.filter(pk=job.pk).update(consecutive_failures=F("consecutive_failures") + 1, **fields)
         type_ = {
@@ -93,12 +113,11 @@ def record_finished(run: JobRun) -> None:
             RunState.LOST: Alert.Type.LOST,
         }.get(run.state, Alert.Type.FAILURE)
         detail = run.error or (f"exit code {run.exit_code}" if run.exit_code is not None else run.state)
-        alerts.raise_alert(job, type_, Alert.Severity.ERROR, f"{job.name}: run {run.pk} {run.state}: {detail}", run)
+        alert(type_, Alert.Severity.ERROR, f"{job.name}: run {run.pk} {run.state}: {detail}")
     elif run.state == RunState.MISSED:
         Job.objects.filter(pk=job.pk).update(**fields)
-        alerts.raise_alert(job, Alert.Type.MISSED, Alert.Severity.WARNING,
-                           f"{job.name}: run planned for {run.scheduled_for:%Y-%m-%d %H:%M:%S} UTC missed: {run.error}",
-                           run)
+        alert(Alert.Type.MISSED, Alert.Severity.WARNING,
+              f"{job.name}: run planned for {run.scheduled_for:%Y-%m-%d %H:%M:%S} UTC missed: {run.error}")
     else:
         Job.objects.filter(pk=job.pk).update(**fields)
     if run.state in FAILURE_STATES and run.attempt <= job.max_retries:

@@ -129,10 +129,12 @@ def on_run_finished(run: JobRun) -> None:
 
     if run.state != RunState.SUCCEEDED:
         return
-    links = (JobDependency.objects.filter(depends_on_id=run.job_id, trigger_on_success=True)
-             .exclude(kind=JobDependency.Kind.BLOCKING).select_related("job", "job__slot"))
-    for link in links:
-        dependent = link.job
+    # Almost every job has no dependent to trigger: ask with a one-table query first.
+    dependent_ids = list(JobDependency.objects.filter(depends_on_id=run.job_id, trigger_on_success=True)
+                         .exclude(kind=JobDependency.Kind.BLOCKING).values_list("job_id", flat=True))
+    if not dependent_ids:
+        return
+    for dependent in Job.objects.filter(pk__in=dependent_ids).select_related("slot").order_by("pk"):
         if not dependent.enabled or dependent.status not in Job.RUNNABLE_STATUSES:
             log.info("%s succeeded; dependent %s not triggered (disabled or paused)", run.job_id, dependent.name)
             continue
