@@ -78,7 +78,8 @@ LOGNORMAL_SIGMA = math.log(P95_OVER_MEDIAN) / 1.6448536269514722
 # Interval lengths (seconds) tried by the energetic lower bound; any set gives a valid
 # bound, a richer one a tighter bound.
 # CPU seconds spent raising the energetic bounds with Lagrangian bounds (see _bounds).
-LAGRANGIAN_S = 0.5
+LAGRANGIAN_S = 0.4
+SAMPLE_LAGRANGIAN_S = 0.3  # the same, per duration-variation sample
 _EXP_CAP = 300.0  # exp() argument cap: keeps the soft-peak terms finite
 BOUND_LENGTHS = (1, 2, 3, 5, 8, 12, 20, 30, 45, 60, 75, 90, 120, 150, 180, 240, 300, 420, 600, 900, 1800, 3600)
 
@@ -551,8 +552,9 @@ def _bounds(model: _Model, *, slots: bool = True, lagrangian_s: float = 0.0) -> 
     """(n_arrays, 2) lower bounds on (peak runs, peak MB) for total and each slot.
 
     ``lagrangian_s`` CPU seconds (0: none) are spent raising the energetic bounds with the
-    Lagrangian bound (:class:`_Lagrangian`): the uniform weights on the best interval of
-    each length, then (totals only) a refinement of the best of them.  Totals first."""
+    Lagrangian bound (:class:`_Lagrangian`) of uniform weights on intervals: the best
+    interval of each length, then the best of them with its ends moved while the bound
+    rises.  Totals first, then the slots."""
     n_arrays = model.n_arrays if slots else 1
     tops: list = []
     bound, _, _ = _energetic(_groups(model, slots=slots), n_arrays, model.length, tops=tops)
@@ -584,7 +586,7 @@ class _Lagrangian:
     model.  ``L`` is concave; its supergradient at ``y`` is the load of the plan that puts
     every job at its cheapest offset.  Every ``y`` tried gives a valid bound and the
     largest is kept: :func:`_bounds` tries the uniform weights on the best interval of
-    every length of the energetic bound, then refines the best with :meth:`refine`.
+    every length of the energetic bound, then moves the ends of the best interval.
     """
 
     def __init__(self, model: _Model, a: int, r: int) -> None:
@@ -597,102 +599,116 @@ class _Lagrangian:
         self.groups = []
         for (p, _), cs in parts.items():
             head = cs[0].head
-            base = np.array([c.base for c in cs], dtype=np.int64)
-            win = np.array([c.window for c in cs], dtype=np.int64)
-            dur = np.array([c.dur for c in cs], dtype=np.int64)
-            w = np.ones(len(cs)) if r == 0 else np.array([c.mem for c in cs])
+            # Jobs alike in (base, window, duration) have the same cheapest offset: merge them.
+            keys = np.array([(c.base, c.window, c.dur) for c in cs], dtype=np.int64)
+            keys, inverse = np.unique(keys, axis=0, return_inverse=True)
+            base, win, dur = keys[:, 0], keys[:, 1], keys[:, 2]
+            w = np.bincount(inverse.ravel(), None if r == 0 else np.array([c.mem for c in cs]), len(keys))
             o = np.arange(int(win.max()))
             st = head[None, None, :] + base[:, None, None] + o[None, :, None]
             tiles = -(-(int(st.max() + dur.max()) + 1) // p)
-            self.groups.append((p, st, st + dur[:, None, None], o[None, :] >= win[:, None], w, dur, tiles))
+            self.groups.append((p, st, st + dur[:, None, None], o[None, :] >= win[:, None], w, tiles))
 
-    def value(self, y: np.ndarray, want_load: bool = True,  # noqa: FBT001
-              support: np.ndarray | None = None) -> tuple[float, np.ndarray | None]:
-        """(L(y), load of the plan putting every job at its cheapest offset under y).
-        ``support``: the seconds where ``y`` may be non-zero (faster folds)."""
-        length = self.length
-        if support is not None:
-            support = np.unique(support)
-            ys = y[support]
-        value = float(y @ self.fixed) if support is None else float(ys @ self.fixed[support])
-        folds: dict[tuple[int, int], np.ndarray] = {}
-        patterns: dict[int, np.ndarray] = {}
-        for p, st, en, bad, w, dur, tiles in self.groups:
-            pre = folds.get((p, tiles))
-            if pre is None:
-                if support is not None:
-                    yf = np.bincount(support % p, ys, p)
-                else:
-                    yf = y if p == length else y.reshape(length // p, p).sum(axis=0)
-                pre = folds[(p, tiles)] = np.concatenate([[0.0], np.cumsum(np.tile(yf, tiles))])
-            cost = (pre[en] - pre[st]).sum(axis=2)
+    def value(self, support: np.ndarray, weights: np.ndarray) -> float:
+        """L(y) for ``y`` equal to ``weights`` on the seconds ``support`` (distinct) and 0
+        elsewhere; ``weights`` should sum to 1 (any non-negative ``y`` gives a valid
+        bound after dividing by its sum)."""
+        value = float(weights @ self.fixed[support])
+        folds: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        for p, st, en, bad, w, tiles in self.groups:
+            fold = folds.get((p, tiles))
+            if fold is None:  # y folded by the period, as sorted positions and prefix sums
+                r = support % p
+                order = np.argsort(r, kind="stable")
+                pos = (r[order][None, :] + p * np.arange(tiles)[:, None]).ravel()
+                cum = np.concatenate([[0.0], np.cumsum(np.tile(weights[order], tiles))])
+                fold = folds[(p, tiles)] = (pos, cum)
+            pos, cum = fold
+            # y summed over each run [start, end): prefix(end) - prefix(start), over the heads.
+            cost = (cum[np.searchsorted(pos, en)] - cum[np.searchsorted(pos, st)]).sum(axis=2)
             cost[bad] = np.inf
-            o = np.argmin(cost, axis=1)
-            value += float((w * cost[np.arange(len(o)), o]).sum())
-            if want_load:  # the answer's load, on the period's residues
-                s0 = (st[:, 0, :] + o[:, None]) % p  # (jobs, heads)
-                e0 = s0 + dur[:, None]
-                wx = np.broadcast_to(w[:, None], s0.shape).ravel()
-                pat = patterns.setdefault(p, np.zeros(p + 1))
-                pat += np.bincount(s0.ravel(), wx, p + 1) - np.bincount((e0 % p).ravel(), wx, p + 1)
-                pat[p] += float((wx * (e0 // p).ravel()).sum())  # whole turns of the period
-        if not want_load:
-            return value, None
-        load = self.fixed.copy()
-        for p, pat in patterns.items():
-            fold = np.cumsum(pat[:p]) + pat[p]
-            load += fold if p == length else np.tile(fold, length // p)
-        return value, load
+            value += float((w * cost.min(axis=1)).sum())
+        return value
 
-    def refine(self, y: np.ndarray, support: np.ndarray, iters: int, eta: float = 1.0,
-               cpu_end: float | None = None) -> float:
-        """Largest L met while multiplicative weights (Hedge) on ``support`` play against
-        the cheapest-offset answers, from ``y``; the running mean of the weights is tried
-        too (it converges to the best weights on the support)."""
-        best = -math.inf
-        y = y.copy()
-        y[support] += 1e-3 / len(support)
-        y /= y.sum()
-        mean = np.zeros_like(y)
-        for k in range(iters):
-            if cpu_end is not None and k and time.process_time() > cpu_end:
-                break
-            val, load = self.value(y, support=support)
-            mean += y
-            best = max(best, val, self.value(mean / (k + 1), want_load=False, support=support)[0])
-            g = load[support]
-            y[support] *= np.exp(eta * (g - g.max()) / max(float(load.max()), 1e-9))
-            y /= y.sum()
-        return best
+    def box(self, start: int, ell: int) -> float:
+        """L of the uniform weights on the circular interval [start, start + ell)."""
+        ell = min(ell, self.length)
+        return self.value((start + np.arange(ell)) % self.length, np.full(ell, 1.0 / ell))
 
 
 def _lagrangian_bounds(model: _Model, bound: np.ndarray, tops: list, n_arrays: int, cpu_end: float) -> None:
     """Raise ``bound`` in place with Lagrangian bounds until the CPU clock reaches ``cpu_end``."""
-    length = model.length
     for a in range(n_arrays):
         for r in (0, 1):
             if bound[a, r] <= 0 or time.process_time() > cpu_end:
                 continue
             lag = _Lagrangian(model, a, r)
-            best, best_box = -math.inf, None
-            # Longest first: long intervals gain most from linking a job's runs.
-            for ell, here, where in sorted(tops, key=lambda t: -t[0]):
-                if ell < 20 or here[a, r] < 0.7 * bound[a, r]:
-                    continue
-                if time.process_time() > cpu_end:
-                    break
-                y = np.zeros(length)
-                box = (int(where[a, r]) + np.arange(ell)) % length
-                y[box] = 1.0 / ell
-                val = lag.value(y, want_load=False, support=box)[0]
-                if val > best:
-                    best, best_box = val, (y, int(where[a, r]), ell)
-            if best_box is not None and a == 0:
-                y, start, ell = best_box
-                margin = max(60, ell)
-                support = (start - margin + np.arange(ell + 2 * margin)) % length
-                best = max(best, lag.refine(y, support, 40, cpu_end=min(cpu_end, time.process_time() + 0.25)))
-            bound[a, r] = max(bound[a, r], best)
+            starts = [(int(where[a, r]), ell) for ell, here, where in tops if here[a, r] >= 0.7 * bound[a, r]]
+            bound[a, r] = max(bound[a, r], _best_box(lag.box, starts, cpu_end, model.length))
+
+
+def _best_box(value, boxes: list[tuple[int, int]], cpu_end: float, length: int) -> float:
+    """Largest ``value(start, ell)`` over the given intervals, then over moves of the best
+    one's ends (by 40, 20, ..., 1 s) while it rises.  Every value is a valid bound."""
+    best, best_box = -math.inf, None
+    # Longest first: long intervals gain most from linking a job's runs.
+    for start, ell in sorted(boxes, key=lambda b: -b[1]):
+        if ell < 20:
+            continue
+        if time.process_time() > cpu_end:
+            break
+        val = value(start, ell)
+        if val > best:
+            best, best_box = val, (start, ell)
+    if best_box is None:
+        return best
+    start, ell = best_box
+    steps = (40, 20, 10, 5, 2, 1)
+    k = 0
+    while k < len(steps) and time.process_time() < cpu_end:
+        d = steps[k]
+        for s2, l2 in ((start - d, ell + d), (start + d, ell - d), (start, ell + d), (start, ell - d),
+                       (start - d, ell), (start + d, ell)):
+            if not 1 <= l2 <= length:
+                continue
+            val = value(s2 % length, l2)
+            if val > best + 1e-12 * abs(best):
+                best, start, ell = val, s2 % length, l2
+                break
+        else:
+            k += 1
+    return best
+
+
+def _box_bound_runs(release: np.ndarray, slack: np.ndarray, dur: np.ndarray, owner: np.ndarray,
+                    mem: np.ndarray, length: int, start: int, ell: int) -> tuple[float, float]:
+    """Lagrangian bound (runs, MB) of the uniform weights on [start, start + ell) for runs
+    given one by one: run i starts in [release_i, release_i + slack_i], lasts dur_i and
+    belongs to job owner_i (-1: a fixed run); all runs of a job share one offset."""
+    span = int((slack + dur).max()) + 1
+    if span + ell > length:
+        return 0.0, 0.0
+    rel = (release - start + span) % length - span  # the run's release relative to the interval
+    sel = (rel + slack + dur > 0) & (rel < ell)  # runs that can meet the interval at all
+    rel, slack, dur, owner, mem = rel[sel], slack[sel], dur[sel], owner[sel], mem[sel]
+    fixed = owner < 0
+    ov_fixed = np.clip(np.minimum(rel[fixed] + dur[fixed], ell) - np.maximum(rel[fixed], 0), 0, None)
+    runs, mb = float(ov_fixed.sum()), float((ov_fixed * mem[fixed]).sum())
+    mov = ~fixed
+    if mov.any():
+        rel, slack, dur, owner, mem = rel[mov], slack[mov], dur[mov], owner[mov], mem[mov]
+        wmax = int(slack.max()) + 1
+        o = np.arange(wmax)[None, :]
+        ov = np.clip(np.minimum(rel[:, None] + o + dur[:, None], ell) - np.maximum(rel[:, None] + o, 0), 0, None)
+        ov = np.where(o <= slack[:, None], ov, 1e18).astype(float)  # offsets beyond the window
+        jobs, local = np.unique(owner, return_inverse=True)
+        cost = np.bincount((local.ravel()[:, None] * wmax + o).ravel(), ov.ravel(), len(jobs) * wmax)
+        least = cost.reshape(len(jobs), wmax).min(axis=1)
+        job_mem = np.zeros(len(jobs))
+        job_mem[local.ravel()] = mem
+        runs += float(least.sum())
+        mb += float((least * job_mem).sum())
+    return runs / ell, mb / ell
 
 
 def _against_fixed(model: _Model, bound: np.ndarray, n_arrays: int) -> None:
@@ -976,12 +992,14 @@ class _Engine:
 def _objective_key(X: np.ndarray, inv: np.ndarray, objective: str) -> tuple[float, ...]:
     """Global score of a load state (smaller is better)."""
     peaks = X.max(axis=2) * inv  # (n_arrays, 2)
+    # Leximax: the largest normalised peak, then the next largest, and so on (a load stuck
+    # at a whole-run floor, say 4 runs on a bound of 3, does not hide the others).
     if objective == "memory":
-        order = (peaks[:, 1].max(), peaks[:, 0].max())
+        order = tuple(-np.sort(-peaks[:, 1])) + tuple(-np.sort(-peaks[:, 0]))
     elif objective == "jobs":
-        order = (peaks[:, 0].max(), peaks[:, 1].max())
+        order = tuple(-np.sort(-peaks[:, 0])) + tuple(-np.sort(-peaks[:, 1]))
     else:
-        order = (peaks.max(),)
+        order = tuple(-np.sort(-peaks.ravel()))
     worst = np.unravel_index(int(np.argmax(peaks)), peaks.shape)
     at_peak = int((X[worst[0], worst[1]] * inv[worst] >= peaks[worst] - 1e-9).sum())
     return tuple(round(float(v), 9) for v in order) + (at_peak, round(float(peaks.sum()), 9))
@@ -1028,7 +1046,7 @@ def _size_order(model: _Model, scales: np.ndarray) -> list[int]:
 def _ils_total(n_jobs: int) -> float:
     """CPU seconds a whole plan may take before the randomised search stops (it only
     runs with time left: small and medium inputs; large ones spend the budget earlier)."""
-    return 1.5 if n_jobs <= 2000 else 0.0
+    return 1.4 if n_jobs <= 2000 else 0.0
 
 
 def _fixed_load(model: _Model) -> np.ndarray:
@@ -1051,7 +1069,7 @@ def _fixed_load(model: _Model) -> np.ndarray:
 
 
 def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective: str = "balanced",
-             day: dt.date | None = None, passes: int = 4, rounds: int = 40, time_budget_s: float = 6.0,
+             day: dt.date | None = None, passes: int = 4, rounds: int = 40, time_budget_s: float = 7.0,
              tune: dict | None = None) -> Plan:
     """Choose every unpinned job's offset within its window to flatten the peaks.
 
@@ -1184,7 +1202,7 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     rng = np.random.default_rng(int(cfg.get("seed", 0)))
     cpu_now = time.process_time()
     ils_total = float(cfg.get("ils_total_s", _ils_total(len(jobs))))  # CPU seconds for the whole call
-    ils_deadline = min(deadline, max(cpu0 + ils_total, cpu_now + float(cfg.get("ils_min_s", 0.3))))
+    ils_deadline = min(deadline, max(cpu0 + ils_total, cpu_now + float(cfg.get("ils_min_s", 0.2))))
     n_ils = n_ils_better = 0
     cur_key = best_key
     while time.process_time() < ils_deadline and cover.owner.size:
@@ -1262,7 +1280,8 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
 # --------------------------------------------------------------------------------------
 def sample_variation(jobs: Sequence[PlanJob], peer: Sequence[PlanJob], offsets: Sequence[int] | None,
                      rng: np.random.Generator, n: int = 5, *, day: dt.date | None = None,
-                     bounds: list[tuple[float, float]] | None = None) -> Variation:
+                     bounds: list[tuple[float, float]] | None = None,
+                     lagrangian_s: float = SAMPLE_LAGRANGIAN_S) -> Variation:
     """Peaks of a plan when every run's duration varies, against the bound of each sample.
 
     Each run (ours, pinned and peer alike) lasts ``duration / 1.6 * exp(sigma * Z)``
@@ -1272,8 +1291,8 @@ def sample_variation(jobs: Sequence[PlanJob], peer: Sequence[PlanJob], offsets: 
     the offsets, so two plans sampled with equally seeded generators see the same
     durations.  For each sample the total peaks are compared with the lower bound of
     the same sampled durations (what a planner knowing them in advance could at best
-    reach); pass ``bounds`` from an earlier call with the same seed to skip recomputing
-    them.
+    reach; energetic and Lagrangian bounds, ``lagrangian_s`` CPU seconds per sample);
+    pass ``bounds`` from an earlier call with the same seed to skip recomputing them.
     """
     model = _Model(jobs, peer, day)
     offs = _offsets_array(model, offsets)
@@ -1293,15 +1312,18 @@ def sample_variation(jobs: Sequence[PlanJob], peer: Sequence[PlanJob], offsets: 
         if bounds is not None and k < len(bounds):
             bj, bm = bounds[k]
         else:
-            bj, bm = _sample_bound(model, ticks, owner, d, pticks, powner, pd)
+            bj, bm = _sample_bound(model, ticks, owner, d, pticks, powner, pd, lagrangian_s)
         out.bound_jobs.append(bj)
         out.bound_memory_mb.append(bm)
     return out
 
 
 def _sample_bound(model: _Model, ticks: np.ndarray, owner: np.ndarray, d: np.ndarray,
-                  pticks: np.ndarray, powner: np.ndarray, pd: np.ndarray) -> tuple[float, float]:
-    """Total lower bound with per-run durations (each run its own release and slack)."""
+                  pticks: np.ndarray, powner: np.ndarray, pd: np.ndarray,
+                  lagrangian_s: float = 0.0) -> tuple[float, float]:
+    """Total lower bound with per-run durations (each run its own release and slack):
+    energetic, then Lagrangian on intervals (:func:`_box_bound_runs`) for ``lagrangian_s``
+    CPU seconds."""
     jobs, peer = model.jobs, model.peer
     base = np.array([c.base for c in jobs], dtype=np.int64)
     slack = np.array([c.window - 1 for c in jobs], dtype=np.int64)
@@ -1313,7 +1335,18 @@ def _sample_bound(model: _Model, ticks: np.ndarray, owner: np.ndarray, d: np.nda
         model.length, np.zeros(len(release), dtype=np.int64), release,
         np.concatenate([slack[owner], np.zeros(len(pticks), dtype=np.int64)]),
         np.concatenate([d, pd]), np.concatenate([mem[owner], pmem[powner]]))
-    bound, _, _ = _energetic([group], 1, model.length)
+    tops: list = []
+    bound, _, _ = _energetic([group], 1, model.length, tops=tops)
+    if lagrangian_s > 0 and len(release):  # runs of one job share its offset: Lagrangian bound
+        cpu_end = time.process_time() + lagrangian_s
+        run_owner = np.concatenate([owner, np.full(len(pticks), -1)])
+        for r in (0, 1):
+            def value(start: int, ell: int, r: int = r) -> float:
+                return _box_bound_runs(group.release, group.slack, group.dur, run_owner, group.mem,
+                                       model.length, start, ell)[r]
+            boxes = [(int(where[0, r]), ell) for ell, here, where in tops if here[0, r] >= 0.7 * bound[0, r]]
+            share = time.process_time() + (cpu_end - time.process_time()) / (2 - r)  # half each
+            bound[0, r] = max(bound[0, r], _best_box(value, boxes, share, model.length))
     bj = math.ceil(bound[0, 0] - 1e-9)
     bm = float(bound[0, 1])
     # The largest single run is a bound too.
