@@ -7,8 +7,8 @@ class ApiConfig(AppConfig):
     verbose_name = "API"
 
     def ready(self) -> None:
-        from api import schema  # noqa: F401  (registers the OpenAPI security schemes)
-
+        # api.schema (the OpenAPI security schemes) is imported by api/urls.py, not here: it
+        # pulls in DRF and drf-spectacular, which Celery workers, beat and Flower never use.
         checks.register(check_pepper, checks.Tags.security, deploy=False)
 
 

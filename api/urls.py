@@ -7,7 +7,7 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
-from api import views
+from api import schema, views  # noqa: F401  (schema registers the OpenAPI security schemes)
 from api.errors import not_found
 
 app_name = "api"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -24,6 +25,13 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.helpers import free_port, wait_for  # noqa: E402
+
+
+def label(cmdline: list[str]) -> str:
+    """A short name for a child: its command line without the interpreter and long paths."""
+    text = " ".join(cmdline[1:]).strip() or (cmdline[0] if cmdline else "?")  # redis-server rewrites its title
+    text = re.sub(r"^-m smartcron_project\.celery_cli -A smartcron_project( --skip-checks)?", "celery", text)
+    return re.sub(r"^\S*/", "", text)[:70]
 
 
 def main() -> None:
@@ -54,7 +62,7 @@ def main() -> None:
         for child in psutil.Process(proc.pid).children(recursive=True):
             try:
                 mem = child.memory_full_info()
-                rows.append((" ".join(child.cmdline()[1:6])[:70], mem.rss, mem.uss))
+                rows.append((label(child.cmdline()), mem.rss, mem.uss))
             except psutil.Error:
                 continue
         launcher = psutil.Process(proc.pid).memory_full_info()

