@@ -25,7 +25,8 @@ Objective
 Every peak is normalised by its own lower bound (see :func:`lower_bound`), which makes
 runs and megabytes comparable.  ``objective="balanced"`` (the default) minimises the
 largest normalised peak over all of them (total and per slot, runs and memory), then the
-number of seconds at that peak, then the sum of the normalised peaks; ``"memory"`` puts
+next largest and so on (leximax), then the number of seconds at the largest peak, then
+the sum of the normalised peaks; ``"memory"`` puts
 the memory peaks first and the run peaks second (``"jobs"`` the other way round).
 
 While searching, the planner also uses a smooth stand-in for "the largest normalised
@@ -42,6 +43,8 @@ Algorithm
 3. Ruin and recreate around the worst second of the worst load: lift every job with a
    run near it, put them back largest first on the exact normalised peak, keep the
    result only if the plan improved (else widen the region, then try the next peak).
+4. While CPU time is left (inputs up to 2,000 jobs): randomised ruin and recreate of a
+   few jobs at a busiest second of a heavily loaded load, kept when no worse.
 
 Speed comes from periodicity: a job whose ticks repeat every ``p`` seconds (``*/5`` ->
 300 s) is evaluated on the load folded by ``p`` (the ``86400/p`` copies of each residue
@@ -78,7 +81,7 @@ LOGNORMAL_SIGMA = math.log(P95_OVER_MEDIAN) / 1.6448536269514722
 # Interval lengths (seconds) tried by the energetic lower bound; any set gives a valid
 # bound, a richer one a tighter bound.
 # CPU seconds spent raising the energetic bounds with Lagrangian bounds (see _bounds).
-LAGRANGIAN_S = 0.4
+LAGRANGIAN_S = 1.0
 SAMPLE_LAGRANGIAN_S = 0.3  # the same, per duration-variation sample
 _EXP_CAP = 300.0  # exp() argument cap: keeps the soft-peak terms finite
 BOUND_LENGTHS = (1, 2, 3, 5, 8, 12, 20, 30, 45, 60, 75, 90, 120, 150, 180, 240, 300, 420, 600, 900, 1800, 3600)
@@ -589,9 +592,9 @@ class _Lagrangian:
     every length of the energetic bound, then moves the ends of the best interval.
     """
 
-    def __init__(self, model: _Model, a: int, r: int) -> None:
+    def __init__(self, model: _Model, a: int, r: int, fixed: np.ndarray | None = None) -> None:
         self.length = model.length
-        self.fixed = _fixed_load(model)[a, r]
+        self.fixed = (_fixed_load(model) if fixed is None else fixed)[a, r]
         members = [c for c in model.jobs if not c.fixed and (a == 0 or c.slot == a - 1)]
         parts: dict[tuple, list[_Job]] = {}
         for c in members:
@@ -638,11 +641,12 @@ class _Lagrangian:
 
 def _lagrangian_bounds(model: _Model, bound: np.ndarray, tops: list, n_arrays: int, cpu_end: float) -> None:
     """Raise ``bound`` in place with Lagrangian bounds until the CPU clock reaches ``cpu_end``."""
+    fixed = _fixed_load(model)
     for a in range(n_arrays):
         for r in (0, 1):
             if bound[a, r] <= 0 or time.process_time() > cpu_end:
                 continue
-            lag = _Lagrangian(model, a, r)
+            lag = _Lagrangian(model, a, r, fixed)
             starts = [(int(where[a, r]), ell) for ell, here, where in tops if here[a, r] >= 0.7 * bound[a, r]]
             bound[a, r] = max(bound[a, r], _best_box(lag.box, starts, cpu_end, model.length))
 
@@ -715,28 +719,47 @@ def _against_fixed(model: _Model, bound: np.ndarray, n_arrays: int) -> None:
     """Each movable job on top of the fixed load: wherever it starts, the peak is at least
     the highest fixed load (pinned + peer) it meets, plus its own runs."""
     fixed = _fixed_load(model)[:n_arrays]
+    has_fixed = [bool(fixed[a].any()) for a in range(n_arrays)]
     length = model.length
-    folds: dict[tuple[int, int], np.ndarray] = {}
-    seen: dict[tuple, np.ndarray] = {}
+    # Jobs alike in (load, period, ticks, window) differ only by duration: one sweep over
+    # the durations serves them all (the highest fixed load met over d seconds, grown
+    # one second at a time).
+    needs: dict[tuple, set[int]] = {}
     for c in model.jobs:
         if c.fixed:
             continue
         for a in (0, 1 + c.slot)[:n_arrays]:
-            if not fixed[a].any():
-                continue
-            key = (a, c.period, c.head.tobytes(), c.base, c.window, c.dur)
-            low = seen.get(key)
-            if low is None:
-                f = folds.get((a, c.period))
-                if f is None:
-                    f = folds[(a, c.period)] = fixed[a].reshape(2, length // c.period, c.period).max(axis=1)
-                if c.dur >= c.period:
-                    low = f.max(axis=1)
-                else:
-                    idx = (c.head[:, None] + (c.base + np.arange(c.window + c.dur - 1))[None, :]) % c.period
-                    low = _sliding_max(f[:, idx], c.dur).max(axis=1).min(axis=1)
-                seen[key] = low
-            bound[a] = np.maximum(bound[a], low + c.selfk * np.array([1.0, c.mem]))
+            if has_fixed[a]:
+                needs.setdefault((a, c.period, c.head.tobytes(), c.base, c.window), set()).add(c.dur)
+    lows: dict[tuple, dict[int, np.ndarray]] = {}
+    for key, durs in needs.items():
+        a, p, head_bytes, base, window = key
+        head = np.frombuffer(head_bytes, dtype=np.int64)
+        f = fixed[a].reshape(2, length // p, p).max(axis=1)
+        out = lows[key] = {}
+        whole = f.max(axis=1)
+        short = sorted(d for d in durs if d < p)
+        for d in durs:
+            if d >= p:
+                out[d] = whole
+        if not short:
+            continue
+        idx = (head[:, None] + (base + np.arange(window + short[-1] - 1))[None, :]) % p
+        span = f[:, idx]  # (2, heads, window + dmax - 1)
+        met = span[..., :window].copy()  # highest fixed load over the first d seconds of each run
+        want = set(short)
+        for d in range(1, short[-1] + 1):
+            if d > 1:
+                np.maximum(met, span[..., d - 1: d - 1 + window], out=met)
+            if d in want:
+                out[d] = met.max(axis=1).min(axis=1)
+    for c in model.jobs:
+        if c.fixed:
+            continue
+        for a in (0, 1 + c.slot)[:n_arrays]:
+            if has_fixed[a]:
+                low = lows[(a, c.period, c.head.tobytes(), c.base, c.window)][c.dur]
+                bound[a] = np.maximum(bound[a], low + c.selfk * np.array([1.0, c.mem]))
 
 
 def _peaks_from(model: _Model, arr: np.ndarray) -> Peaks:
@@ -758,6 +781,11 @@ def lower_bound(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, day: d
       windows all lie in [T, T + W) are entirely inside [T, T + W - 1 + max d], so
       ``peak >= sum(d*m) / (W - 1 + max d)``, generalised to overlapping windows of
       different jobs and to partial overlaps;
+    * the Lagrangian bound (:class:`_Lagrangian`): for weights ``y`` on the seconds
+      summing to 1, the peak is at least the weighted mean load, which is at least the
+      fixed load's mean plus, for each job, its least weighted load over its offsets.
+      Unlike the energetic bound it knows that all runs of a job share one offset.
+      Uniform weights on intervals are tried within ``lagrangian_s`` CPU seconds;
     * the largest single job, times the number of its own runs alive at once;
     * every movable job on top of the fixed load: whatever its offset, its runs meet the
       fixed load somewhere, so the peak is at least the least, over its offsets, of the
