@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--minutes", type=float, default=3.0, help="how long to collect runs (default 3)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the beat and worker logs here at the end")
     args = parser.parse_args()
 
     env = prepare()
@@ -74,6 +75,10 @@ def main() -> None:
     beat.terminate()
     for w in workers:
         w.stop()
+    if args.keep_logs:
+        import shutil
+
+        shutil.copytree(logdir, args.keep_logs, dirs_exist_ok=True)
 
     lateness = []
     for f in stamps.iterdir():
@@ -94,6 +99,13 @@ def main() -> None:
     if lateness:
         print(f"lateness ms: p50 {percentile(lateness, 0.5):.1f}  p90 {percentile(lateness, 0.9):.1f}  "
               f"p99 {percentile(lateness, 0.99):.1f}  max {max(lateness):.1f}  min {min(lateness):.1f}")
+        worst = sorted(runs.select_related("job__slot"), key=lambda r: -(r.queue_wait_s or 0))[:5]
+        print("latest runs (ms after the planned second: created / admitted / started; slot):")
+        for r in worst:
+            def ms(t):
+                return f"{(t - r.scheduled_for).total_seconds() * 1000:8.1f}" if t else "       -"
+            print(f"  {r.job.name:8} {r.scheduled_for:%H:%M:%S}  {ms(r.created_at)} {ms(r.admitted_at)} "
+                  f"{ms(r.started_at)}  {r.job.slot.name}")
         print(f"targets: p99 < 50 ms -> {'MET' if percentile(lateness, 0.99) < 50 else 'MISSED'}; "
               f"max < 250 ms -> {'MET' if max(lateness) < 250 else 'MISSED'}")
 

@@ -227,6 +227,24 @@ class Job(models.Model):
             return []
         return [fire + dt.timedelta(seconds=self.wait_seconds)]
 
+    def runs_to_plan_ahead(self, now: dt.datetime, ahead_s: int) -> list[dt.datetime]:
+        """Planned seconds of the ``ahead_s`` seconds after the minute of a tick arriving at ``now``.
+
+        A tick creates these too (idempotently: the next tick finds them), so the start of
+        an every-minute job does not wait for the burst of ticks at :00.
+        """
+        if ahead_s <= 0:
+            return []
+        begin = sched.tick_minute(now) + dt.timedelta(minutes=1)
+        end = begin + dt.timedelta(seconds=ahead_s)
+        if self.schedule_type == self.ScheduleType.INTERVAL:
+            return list(sched.interval_points_between(int(self.interval_seconds), self.wait_seconds, begin, end))
+        cron = self.effective_cron()
+        if cron is None:
+            return []
+        return [f + dt.timedelta(seconds=self.wait_seconds) for f in sched.cron_fires_between(cron, self.timezone,
+                                                                                             begin, end)]
+
     def next_runs(self, count: int = 5, after: dt.datetime | None = None) -> list[dt.datetime]:
         start = after or timezone.now()
         out: list[dt.datetime] = []

@@ -46,7 +46,7 @@ def tick(job_id: int) -> str:
     if job is None or not job.schedulable:
         return "not schedulable"
     created = 0
-    for planned in job.planned_runs_for_tick(now):
+    for planned in job.planned_runs_for_tick(now) + job.runs_to_plan_ahead(now, settings.PLAN_AHEAD_SECONDS):
         run, is_new = services.create_run(job, planned)
         if is_new:
             services.dispatch(run)
@@ -67,6 +67,14 @@ def start(run_id: int, chain: str | None = None, attempt: int = 0, kick: bool = 
         return "nothing to do"
     now = timezone.now()
     waiting = (RunState.PENDING, RunState.QUEUED)
+    if run.trigger == JobRun.Trigger.SCHEDULE and not (run.job.enabled
+                                                        and run.job.status in Job.RUNNABLE_STATUSES):
+        # Planned (ahead) while the job was active; disabled or paused since.
+        LeaseStore().leave_waiting(run.job.slot.name, run.pk)
+        admission.clear_waiting(run.pk)
+        why = "disabled" if not run.job.enabled else f"set to {run.job.status}"
+        services.close_run(run, waiting, RunState.CANCELLED, error=f"job {why} after this run was planned")
+        return "cancelled: job no longer scheduled"
     slot = run.job.slot
     store = LeaseStore()
     deadline = run.scheduled_for + dt.timedelta(seconds=run.job.start_window_seconds)

@@ -231,7 +231,12 @@ RUN_AS_USER = envstr("SMARTCRON_RUN_AS_USER", "")
 ALLOW_ROOT = envbool("SMARTCRON_ALLOW_ROOT", False)
 # The start task is sent this long before the planned second, so admission and the hop to
 # the slot worker happen early; the slot worker then waits for the exact second.
-DISPATCH_LEAD_MS = envint("SMARTCRON_DISPATCH_LEAD_MS", 500, minimum=0, maximum=5000)
+# 1.5 s leaves room for a busy database (SQLite serialises writers) before the second.
+DISPATCH_LEAD_MS = envint("SMARTCRON_DISPATCH_LEAD_MS", 1500, minimum=0, maximum=5000)
+# A tick also plans the job's runs of the next PLAN_AHEAD seconds after its own minute
+# (every-minute jobs: the next minute's run), so a run planned at second 0-1 does not
+# depend on how fast the burst of ticks at :00 is processed.  0 turns it off.
+PLAN_AHEAD_SECONDS = envint("SMARTCRON_PLAN_AHEAD_SECONDS", 60, minimum=0, maximum=300)
 # How often a waiting run is re-tried for admission.
 ADMISSION_RETRY_MS = envint("SMARTCRON_ADMISSION_RETRY_MS", 500, minimum=50)
 # Lease heartbeat; a lease expires after LEASE_TTL without one (about three heartbeats).

@@ -109,6 +109,23 @@ def test_interval_job_runs_on_its_own_grid_whatever_the_tick_drift(job_factory):
     assert [t.second for t in job.planned_runs_for_tick(drifted)] == [3, 23, 43]
 
 
+def test_a_tick_plans_the_next_minute_ahead(job_factory):
+    tick = dt.datetime(2026, 1, 1, 12, 0, 0, 4000, tzinfo=UTC)
+    every_minute = job_factory(name="m", cron_expression="* * * * *", wait_seconds=0)
+    assert every_minute.runs_to_plan_ahead(tick, 60) == [dt.datetime(2026, 1, 1, 12, 1, 0, tzinfo=UTC)]
+    assert every_minute.runs_to_plan_ahead(tick, 0) == []  # turned off
+    # A tick arriving 1.5 s early (beat's tolerance) still stands for 12:00.
+    early = dt.datetime(2026, 1, 1, 11, 59, 58, 500000, tzinfo=UTC)
+    assert every_minute.runs_to_plan_ahead(early, 60) == [dt.datetime(2026, 1, 1, 12, 1, 0, tzinfo=UTC)]
+    hourly = job_factory(name="h", cron_expression="0 * * * *", wait_seconds=5)
+    assert hourly.runs_to_plan_ahead(tick, 60) == []  # its next run is an hour away
+    assert hourly.runs_to_plan_ahead(dt.datetime(2026, 1, 1, 12, 59, 0, 3000, tzinfo=UTC), 60) == [
+        dt.datetime(2026, 1, 1, 13, 0, 5, tzinfo=UTC)]
+    interval = job_factory(name="i", schedule_type="interval", interval_seconds=20, wait_seconds=3)
+    assert [t.second for t in interval.runs_to_plan_ahead(tick, 60)] == [3, 23, 43]
+    assert interval.runs_to_plan_ahead(tick, 60)[0].minute == 1
+
+
 def test_one_run_per_tick_is_enforced_by_the_database(job_factory):
     from django.db import IntegrityError, transaction
 

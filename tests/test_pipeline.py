@@ -8,7 +8,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from jobs import services
-from jobs.models import Alert, JobRun, RunState
+from jobs.models import Alert, Job, JobRun, RunState
 from jobs.tasks import tick
 from tests.conftest import pids_alive
 from tests.helpers import wait_for
@@ -49,9 +49,27 @@ def test_a_second_tick_for_the_same_minute_makes_no_second_run(make_job, workers
     tick(job.pk)
     tick(job.pk)
     tick.apply(args=(job.pk,))
-    assert JobRun.objects.filter(job=job).count() == 1
-    run = JobRun.objects.get(job=job)
-    assert run.scheduled_for.second == 59
+    # One run for this minute's second 59 and, planned ahead, one for the next minute's.
+    runs = list(JobRun.objects.filter(job=job).order_by("scheduled_for"))
+    assert len(runs) == 2
+    assert [r.scheduled_for.second for r in runs] == [59, 59]
+    assert runs[1].scheduled_for - runs[0].scheduled_for == dt.timedelta(minutes=1)
+
+
+def test_a_run_planned_ahead_is_cancelled_when_its_job_is_paused(make_job, workers, tmp_path):
+    stamp = tmp_path / "ran"
+    job = make_job("paused", f"#!/bin/bash\ntouch {stamp}\n", schedule_type="cron", cron_expression="* * * * *",
+                   slot="light")
+    workers.start_stack()
+    planned = next_second() + dt.timedelta(seconds=2)
+    run, _ = services.create_run(job, planned)  # as a tick planning ahead does
+    services.dispatch(run)
+    job.status = Job.Status.PAUSED
+    job.save()
+    run = final_run(run.pk)
+    assert run.state == RunState.CANCELLED
+    assert "set to paused after this run was planned" in run.error
+    assert not stamp.exists()
 
 
 def test_a_failing_script_is_recorded_with_exit_code_and_tail(make_job, workers):
