@@ -65,8 +65,9 @@ def main() -> None:
     for w in workers:
         w.wait_ready()
     beat = start_beat(env, logdir)
-    # Start counting at the next full minute so every job gets the same number of ticks.
-    start = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
+    # Start counting at a full minute so every job gets the same number of ticks, after one
+    # warm-up minute (steady state: that minute's ticks planned the first counted minute ahead).
+    start = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2)).replace(second=0, microsecond=0)
     end = start + dt.timedelta(minutes=args.minutes)
     print(f"{args.jobs} jobs, beat running; collecting runs planned in [{start:%H:%M:%S}, {end:%H:%M:%S}) UTC ...",
           flush=True)

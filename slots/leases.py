@@ -51,6 +51,35 @@ end
 local function unwait(m)
   redis.call('ZREM', KEYS[4], m); redis.call('ZREM', KEYS[5], m); redis.call('HDEL', KEYS[6], m)
 end
+-- Live holders of the slot, memory and CPU in use (after prune).
+local function usage()
+  local c = redis.call('ZCARD', KEYS[1])
+  local m = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[2])) do m = m + tonumber(v) end
+  local u = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[3])) do u = u + tonumber(v) end
+  return c, m, u
+end
+local function parse_need(need)
+  local nm, nc = string.match(need, '(%S+) (%S+)')
+  return tonumber(nm), tonumber(nc)
+end
+-- Greedy in line order, every run ahead of `run` that fits takes its place first; the
+-- first of them after which (nm, nc) is refused by `refused(c, m, u, nm, nc)`, or nil.
+local function ahead_blocker(run, c, m, u, nm, nc, refused)
+  for _, other in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+    if other == run then return nil end
+    local need = redis.call('HGET', KEYS[6], other)
+    if need then
+      local om, oc = parse_need(need)
+      if not refused(c, m, u, om, oc) then
+        c = c + 1; m = m + om; u = u + oc
+        if refused(c, m, u, nm, nc) then return other end
+      end
+    end
+  end
+  return nil
+end
 """
 
 # KEYS: 1 lease zset, 2 mem hash, 3 cpu hash, 4 wait zset, 5 wait expiry zset, 6 wait need hash,
@@ -63,11 +92,7 @@ local now = tonumber(ARGV[1])
 local run = ARGV[3]
 prune(now)
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. now)
-local count = redis.call('ZCARD', KEYS[1])
-local mem = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[2])) do mem = mem + tonumber(v) end
-local cpu = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[3])) do cpu = cpu + tonumber(v) end
+local count, mem, cpu = usage()
 local expiry = now + tonumber(ARGV[2])
 if redis.call('ZSCORE', KEYS[1], run) then
   redis.call('ZADD', KEYS[1], expiry, run)
@@ -105,21 +130,10 @@ local why = refusal(count, mem, cpu, need_mem, need_cpu)
 if why then
   return {0, why, count, tostring(mem), tostring(cpu), ''}
 end
--- Greedy in priority order: every run ahead that fits now takes its place first.
-local c, m, u = count, mem, cpu
-for _, other in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
-  if other == run then break end
-  local need = redis.call('HGET', KEYS[6], other)
-  if need then
-    local om, oc = string.match(need, '(%S+) (%S+)')
-    om = tonumber(om); oc = tonumber(oc)
-    if not refusal(c, m, u, om, oc) then
-      c = c + 1; m = m + om; u = u + oc
-      if refusal(c, m, u, need_mem, need_cpu) then
-        return {0, 'priority', count, tostring(mem), tostring(cpu), other}
-      end
-    end
-  end
+-- Priority order: the runs ahead that fit now take their places first.
+local blocker = ahead_blocker(run, count, mem, cpu, need_mem, need_cpu, refusal)
+if blocker then
+  return {0, 'priority', count, tostring(mem), tostring(cpu), blocker}
 end
 redis.call('ZADD', KEYS[1], expiry, run)
 redis.call('HSET', KEYS[2], run, ARGV[5])
@@ -148,29 +162,9 @@ local cpu_budget = tonumber(ARGV[4]) + tonumber(ARGV[7])
 local function full(c, m, u, nm, nc)
   return c >= max_jobs or (c > 0 and (m + nm > mem_budget or u + nc > cpu_budget))
 end
-local c = redis.call('ZCARD', KEYS[1])
-local m = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[2])) do m = m + tonumber(v) end
-local u = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[3])) do u = u + tonumber(v) end
-local nm, nc = string.match(need, '(%S+) (%S+)')
-nm = tonumber(nm); nc = tonumber(nc)
-local no_room = full(c, m, u, nm, nc)
-if not no_room then
-  for _, other in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
-    if other == run then break end
-    local o = redis.call('HGET', KEYS[6], other)
-    if o then
-      local om, oc = string.match(o, '(%S+) (%S+)')
-      om = tonumber(om); oc = tonumber(oc)
-      if not full(c, m, u, om, oc) then
-        c = c + 1; m = m + om; u = u + oc
-        if full(c, m, u, nm, nc) then no_room = true; break end
-      end
-    end
-  end
-end
-if not no_room then return 0 end
+local c, m, u = usage()
+local nm, nc = parse_need(need)
+if not full(c, m, u, nm, nc) and not ahead_blocker(run, c, m, u, nm, nc, full) then return 0 end
 redis.call('ZADD', KEYS[5], now + tonumber(ARGV[5]), run)
 return 1
 """
@@ -189,18 +183,13 @@ local max_jobs = tonumber(ARGV[2])
 local mem_budget = tonumber(ARGV[3]) + tonumber(ARGV[6])
 local cpu_budget = tonumber(ARGV[4]) + tonumber(ARGV[6])
 local limit = tonumber(ARGV[5])
-local c = redis.call('ZCARD', KEYS[1])
-local m = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[2])) do m = m + tonumber(v) end
-local u = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[3])) do u = u + tonumber(v) end
+local c, m, u = usage()
 local out = {}
 for _, w in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
   if c >= max_jobs or #out >= limit then break end
   local need = redis.call('HGET', KEYS[6], w)
   if need then
-    local nm, nc = string.match(need, '(%S+) (%S+)')
-    nm = tonumber(nm); nc = tonumber(nc)
+    local nm, nc = parse_need(need)
     if c == 0 or (m + nm <= mem_budget and u + nc <= cpu_budget) then
       c = c + 1; m = m + nm; u = u + nc
       if not redis.call('ZSCORE', KEYS[7], w) then
