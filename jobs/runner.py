@@ -142,6 +142,10 @@ class TreeWatcher:
         self.pid = pid
         self.pgid = pid
         self.known: dict[int, psutil.Process] = {}
+        # Set once the leader is reaped: its pid may be reused, and a dead leader has no
+        # children to find (orphans were re-parented and are followed from ``known``), so
+        # no more scans of the whole process table (psutil's ppid map reads every /proc entry).
+        self.leader_gone = False
         try:
             self.root: psutil.Process | None = psutil.Process(pid)
             self.known[pid] = self.root
@@ -149,7 +153,7 @@ class TreeWatcher:
             self.root = None
 
     def refresh(self) -> list[psutil.Process]:
-        if self.root is not None:
+        if self.root is not None and not self.leader_gone:
             try:
                 for child in self.root.children(recursive=True):
                     self.known.setdefault(child.pid, child)
@@ -293,6 +297,7 @@ def run(
             if pid == proc.pid:
                 status = raw_status
                 rusage_cpu = rusage.ru_utime + rusage.ru_stime
+                watcher.leader_gone = True
 
     # Peak memory comes from sampling the tree, not from ru_maxrss: a child forked from a
     # large worker process briefly "has" the worker's pages before exec, which would
@@ -326,6 +331,7 @@ def run(
                 if status is None:
                     _, status, rusage = os.wait4(proc.pid, 0)
                     rusage_cpu = rusage.ru_utime + rusage.ru_stime
+                    watcher.leader_gone = True
                 break
     finally:
         waiter.close()

@@ -273,11 +273,23 @@ def requeue(run: JobRun, why: str, store: LeaseStore | None = None) -> bool:
     return True
 
 
-def wake(run_ids: list[int]) -> None:
-    """One immediate admission attempt for each run (no retry chain of its own)."""
+def wake(run_ids: list[int], *, inline: bool = True) -> None:
+    """One immediate admission attempt for each run (no retry chain of its own).
+
+    ``inline``: made here and now by the caller (the slot worker that just freed the
+    place), so the place is taken again within milliseconds instead of after a hop
+    through the dispatch queue, which is longest exactly when many runs wait.  An attempt
+    that fails for any reason is handed to the dispatch queue as a "kick" task instead.
+    """
     from jobs.tasks import start
 
     for pk in run_ids:
+        if inline:
+            try:
+                start(pk, kick=True)
+                continue
+            except Exception:  # noqa: BLE001 - the dispatch queue gets the attempt instead
+                log.exception("inline admission attempt for run %s failed; sending a kick", pk)
         start.apply_async((pk,), {"kick": True}, queue=settings.DISPATCH_QUEUE)
 
 

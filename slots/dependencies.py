@@ -47,8 +47,17 @@ class Verdict:
 
 
 def links_of(job: Job) -> list[JobDependency]:
-    """Every dependency link touching ``job`` (both directions), in one query."""
-    return list(JobDependency.objects.filter(Q(job=job) | Q(depends_on=job)).select_related("depends_on"))
+    """Every dependency link touching ``job`` (both directions), with the jobs they depend on.
+
+    One one-table query for the common case (no links: a join with every job column costs
+    more to build than to run); a second one only when there are links.
+    """
+    links = list(JobDependency.objects.filter(Q(job_id=job.pk) | Q(depends_on_id=job.pk)))
+    if links:
+        others = Job.objects.in_bulk({d.depends_on_id for d in links})
+        for d in links:
+            d.depends_on = others[d.depends_on_id]
+    return links
 
 
 def check(run: JobRun, links: list[JobDependency] | None = None) -> Verdict:

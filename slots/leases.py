@@ -315,15 +315,19 @@ class SlotUsage:
 class LeaseStore:
     """Thin wrapper around the Lua scripts; safe to share between threads."""
 
+    # Registered scripts per client (registering hashes the script text: once per client,
+    # not once per LeaseStore, which tasks create on every call).
+    _scripts: dict[int, tuple] = {}
+
     def __init__(self, client=None) -> None:
         self.r = client or get_redis()
-        self._acquire = self.r.register_script(_ACQUIRE)
-        self._renew = self.r.register_script(_RENEW)
-        self._reap = self.r.register_script(_REAP)
-        self._rebuild = self.r.register_script(_REBUILD)
-        self._free_place = self.r.register_script(_FREE_PLACE)
-        self._still_full = self.r.register_script(_STILL_FULL)
-        self._fits = self.r.register_script(_FITS)
+        cached = self._scripts.get(id(self.r))
+        if cached is None or cached[0] is not self.r:
+            cached = (self.r, *(self.r.register_script(text) for text in (
+                _ACQUIRE, _RENEW, _REAP, _REBUILD, _FREE_PLACE, _STILL_FULL, _FITS)))
+            self._scripts[id(self.r)] = cached
+        (_, self._acquire, self._renew, self._reap, self._rebuild, self._free_place, self._still_full,
+         self._fits) = cached
 
     def acquire(self, slot: str, run_id: int, *, ttl: float, max_jobs: int, memory_mb: float,
                 memory_budget_mb: float, cpu: float = 0.0, cpu_budget: float = 1e9, job_id: int = 0,

@@ -109,12 +109,15 @@ TEMPLATES = [
 # process, beat and several workers can write to it without "database is locked".
 _default_sqlite = f"sqlite:///{VAR_DIR / 'smartcron.sqlite3'}"
 DATABASE_URL = envstr("DATABASE_URL", _default_sqlite)
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60))}
+# Persistent connections (per worker thread), checked before reuse: a Celery task that
+# opened a new connection each time spent more on connecting (and, on SQLite, on the
+# PRAGMAs of every new connection) than on its own queries.
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", 60),
+                                               conn_health_checks=True)}
 _engine = DATABASES["default"]["ENGINE"]
 if _engine.endswith("sqlite3"):
     if DATABASES["default"]["NAME"] not in (":memory:", ""):
         Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 30,
         "transaction_mode": "IMMEDIATE",
@@ -187,6 +190,9 @@ CELERY_BROKER_URL = REDIS_URL
 # Runs are tracked in the database, not in a result backend.
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
+# Celery's Django fixup closes every database connection before and after each task
+# unless this is set; smartcron_project/celery.py recycles them per CONN_MAX_AGE instead.
+CELERY_DB_REUSE_MAX = 10**9
 # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": MAX_JOB_TIMEOUT_SECONDS + 3600}
 CELERY_TIMEZONE = "UTC"
