@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
@@ -220,7 +221,8 @@ def test_per_job_threshold_zero_disables_the_breaker(make_job, traveller, settin
 def test_webhook_failures_are_retried_and_recorded(make_job, traveller, settings):
     receiver = WebhookReceiver(fail_first=2)
     settings.ALERT_WEBHOOK_URLS = [receiver.url]
-    settings.ALERT_WEBHOOK_SECRET = "s3cret"
+    webhook_secret = secrets.token_hex(16)
+    settings.ALERT_WEBHOOK_SECRET = webhook_secret
     settings.NOTIFY_DELIVERY = "inline"
     settings.NOTIFY_BACKOFF_SECONDS = 0.01
     try:
@@ -236,7 +238,7 @@ def test_webhook_failures_are_retried_and_recorded(make_job, traveller, settings
     assert attempts[0].target.endswith("/...") and "secret-token" not in attempts[0].target
     payload, headers, body = receiver.requests[-1]
     assert payload["alert"]["type"] == "failure" and payload["alert"]["severity"] == "error"
-    expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    expected = "sha256=" + hmac.new(webhook_secret.encode(), body, hashlib.sha256).hexdigest()
     assert headers["X-SmartCron-Signature"] == expected
 
 

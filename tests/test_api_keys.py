@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import secrets
 
 import pytest
 from django.core.cache import cache
@@ -84,7 +85,7 @@ def test_revoke_by_name_or_prefix_and_list():
 
 def test_changing_the_pepper_invalidates_keys(settings):
     raw, _ = create("--name", "peppered")
-    settings.API_KEY_PEPPER = "another-pepper-that-is-long-enough-0123456789"
+    settings.API_KEY_PEPPER = secrets.token_urlsafe(48)  # a different pepper, >= 32 chars
     assert Api(raw).get("/api/v1/jobs/").status_code == 401
 
 
