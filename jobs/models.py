@@ -193,7 +193,12 @@ class Job(models.Model):
     # --- schedule -------------------------------------------------------------------
     @property
     def schedulable(self) -> bool:
-        return self.enabled and self.status in self.RUNNABLE_STATUSES and self.schedule_type != self.ScheduleType.MANUAL
+        return self.runnable and self.schedule_type != self.ScheduleType.MANUAL
+
+    @property
+    def runnable(self) -> bool:
+        """Enabled and active (or testing): its runs may start."""
+        return self.enabled and self.status in self.RUNNABLE_STATUSES
 
     def effective_cron(self) -> str | None:
         """The 5-field cron this job fires on (None for interval and manual jobs)."""

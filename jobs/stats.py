@@ -162,18 +162,18 @@ def run_increments(state: str, duration: float | None, memory: float | None, cpu
         hour["failures"] = 1
     elif state in (RunState.SKIPPED, RunState.MISSED):
         hour["missed"] = 1
-    if duration is not None:
-        d = max(0.0, float(duration))
-        col = DURATION_BIN_FIELDS[bin_index(d, DURATION_EDGES)]
+
+    def count(name: str, value: float, bins: Sequence[str], edges: Sequence[float]) -> None:
+        v = max(0.0, float(value))
+        col = bins[bin_index(v, edges)]
         for target in (total, hour):
-            target.update({"duration_count": 1, "duration_sum": d, col: 1})
-        hour_max["duration_max"] = d
+            target.update({f"{name}_count": 1, f"{name}_sum": v, col: 1})
+        hour_max[f"{name}_max"] = v
+
+    if duration is not None:
+        count("duration", duration, DURATION_BIN_FIELDS, DURATION_EDGES)
         if memory is not None:
-            m = max(0.0, float(memory))
-            col = MEMORY_BIN_FIELDS[bin_index(m, MEMORY_EDGES)]
-            for target in (total, hour):
-                target.update({"memory_count": 1, "memory_sum": m, col: 1})
-            hour_max["memory_max"] = m
+            count("memory", memory, MEMORY_BIN_FIELDS, MEMORY_EDGES)
     if cpu is not None:
         total["cpu_sum"] = hour["cpu_sum"] = float(cpu)
     if wait is not None:

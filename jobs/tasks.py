@@ -73,20 +73,22 @@ def start(run_id: int, chain: str | None = None, attempt: int = 0, kick: bool = 
         return "nothing to do"
     now = timezone.now()
     waiting = (RunState.PENDING, RunState.QUEUED)
-    if run.trigger == JobRun.Trigger.SCHEDULE and not (run.job.enabled
-                                                        and run.job.status in Job.RUNNABLE_STATUSES):
-        # Planned (ahead) while the job was active; disabled or paused since.
-        LeaseStore().leave_waiting(run.job.slot.name, run.pk)
+    slot = run.job.slot
+    store = LeaseStore()
+
+    def leave_line() -> None:
+        store.leave_waiting(slot.name, run.pk)
         admission.clear_waiting(run.pk)
+
+    if run.trigger == JobRun.Trigger.SCHEDULE and not run.job.runnable:
+        # Planned (ahead) while the job was active; disabled or paused since.
+        leave_line()
         why = "disabled" if not run.job.enabled else f"set to {run.job.status}"
         services.close_run(run, waiting, RunState.CANCELLED, error=f"job {why} after this run was planned")
         return "cancelled: job no longer scheduled"
-    slot = run.job.slot
-    store = LeaseStore()
     deadline = run.scheduled_for + dt.timedelta(seconds=run.job.start_window_seconds)
     if now > deadline:
-        store.leave_waiting(slot.name, run.pk)
-        admission.clear_waiting(run.pk)
+        leave_line()
         services.close_run(run, waiting, RunState.MISSED,
                            error=f"not admitted within its start window ({run.job.start_window_seconds} s)")
         return "missed"
@@ -118,8 +120,7 @@ def start(run_id: int, chain: str | None = None, attempt: int = 0, kick: bool = 
     # Waiting: a run admitted at its first attempt never passes through QUEUED (one write
     # less); one that must wait is shown as QUEUED from now on.
     if run.state == RunState.PENDING and not run.transition(RunState.PENDING, RunState.QUEUED, queued_at=now):
-        store.leave_waiting(slot.name, run.pk)
-        admission.clear_waiting(run.pk)
+        leave_line()
         return "moved on"
     if token is None:
         return f"waiting (attempt without a chain): {decision.reason}"

@@ -273,28 +273,27 @@ def requeue(run: JobRun, why: str, store: LeaseStore | None = None) -> bool:
     return True
 
 
-def wake(run_ids: list[int], *, inline: bool = True) -> None:
+def wake(run_ids: list[int]) -> None:
     """One immediate admission attempt for each run (no retry chain of its own).
 
-    ``inline``: made here and now by the caller (the slot worker that just freed the
-    place), so the place is taken again within milliseconds instead of after a hop
-    through the dispatch queue, which is longest exactly when many runs wait.  An attempt
-    that fails for any reason is handed to the dispatch queue as a "kick" task instead.
+    Made here and now by the caller (the slot worker that just freed the place), so the
+    place is taken again within milliseconds instead of after a hop through the dispatch
+    queue, which is longest exactly when many runs wait.  An attempt that fails for any
+    reason is handed to the dispatch queue as a "kick" task instead.
     """
     from jobs.tasks import start
 
     for pk in run_ids:
-        if inline:
-            try:
-                start(pk, kick=True)
-                continue
-            except Exception:  # noqa: BLE001 - the dispatch queue gets the attempt instead
-                log.exception("inline admission attempt for run %s failed; sending a kick", pk)
-        start.apply_async((pk,), {"kick": True}, queue=settings.DISPATCH_QUEUE)
+        try:
+            start(pk, kick=True)
+        except Exception:  # noqa: BLE001 - the dispatch queue gets the attempt instead
+            log.exception("inline admission attempt for run %s failed; sending a kick", pk)
+            start.apply_async((pk,), {"kick": True}, queue=settings.DISPATCH_QUEUE)
 
 
 def runs_that_fit(slot: ExecutionSlot, store: LeaseStore) -> list[int]:
-    """Waiting runs of ``slot`` that would get a place now, greedily in line order (what acquire does)."""
+    """Waiting runs of ``slot`` to wake now: those that would get a place, greedily in line order
+    (what acquire does), minus those already woken and not back yet; they are marked woken."""
     return store.fits(slot.name, max_jobs=slot.max_concurrent, memory_budget_mb=slot.memory_budget_mb,
                       cpu_budget=slot.cpu_percent, limit=slot.max_concurrent)
 

@@ -144,7 +144,7 @@ def on_run_finished(run: JobRun) -> None:
     if not dependent_ids:
         return
     for dependent in Job.objects.filter(pk__in=dependent_ids).select_related("slot").order_by("pk"):
-        if not dependent.enabled or dependent.status not in Job.RUNNABLE_STATUSES:
+        if not dependent.runnable:
             log.info("%s succeeded; dependent %s not triggered (disabled or paused)", run.job_id, dependent.name)
             continue
         new, created = services.create_run(dependent, timezone.now(), trigger=JobRun.Trigger.DEPENDENCY,

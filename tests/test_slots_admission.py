@@ -515,6 +515,26 @@ def test_reconciler_requeues_an_admitted_run_whose_lease_expired(job, redis_clie
 
 
 
+def test_a_waiting_runs_poll_says_still_full_only_while_there_is_no_room_for_it(store):
+    def full(run_id: int, **kw) -> bool:
+        args = {"max_jobs": 2, "memory_budget_mb": 1000, "cpu_budget": 100, "waiting_ttl": 30, **kw}
+        return store.still_full("s", run_id, **args)
+
+    assert take(store, 1, max_jobs=2).granted and take(store, 2, max_jobs=2).granted
+    # Two runs in line, 2 ahead of 3.
+    assert take(store, 3, max_jobs=2, prio=1).reason == "jobs"
+    assert take(store, 4, max_jobs=2, prio=2).reason == "jobs"
+    assert full(3) and full(4)
+    assert not full(9)  # not in line: full admission decides (and puts it in line)
+    store.release("s", 1, 1001)
+    # One place: run 3 (ahead) would take it, so 4 still has no room; 3 must try for real.
+    assert not full(3) and full(4)
+    # Memory counts too: a 950 MB need does not fit next to the 100 MB still held.
+    assert take(store, 5, max_jobs=3, mem=950, prio=0).reason == "memory"
+    assert full(5, max_jobs=3)
+    assert not full(5, max_jobs=3, memory_budget_mb=2000)
+
+
 def test_a_finished_script_frees_its_place_but_keeps_its_job_instance(store):
     assert take(store, 1, max_jobs=1, job_id=5, max_instances=1).granted
     assert store.free_place("s", 1, job_id=5, ttl=30)
