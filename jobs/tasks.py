@@ -60,7 +60,10 @@ def tick(job_id: int) -> str:
     return f"{created} run(s)"
 
 
-@shared_task(name="jobs.start", ignore_result=True)
+# No Celery task events for this internal step (received/started/succeeded are three
+# broker publishes per attempt, and a waiting run makes many attempts): Flower shows the
+# ticks and the executions, where the jobs themselves run.
+@shared_task(name="jobs.start", ignore_result=True, send_events=False)
 def start(run_id: int, chain: str | None = None, attempt: int = 0, kick: bool = False) -> str:
     """At (just before) the planned second: admit the run into its slot, or keep it waiting.
 
@@ -92,17 +95,20 @@ def start(run_id: int, chain: str | None = None, attempt: int = 0, kick: bool = 
         services.close_run(run, waiting, RunState.MISSED,
                            error=f"not admitted within its start window ({run.job.start_window_seconds} s)")
         return "missed"
-    token = None if kick else admission.claim_chain(run.pk, chain)
-    if chain is not None and token is not None and store.still_full(slot.name, run.pk, max_jobs=slot.max_concurrent,
-                                                                    memory_budget_mb=slot.memory_budget_mb,
-                                                                    cpu_budget=slot.cpu_percent,
-                                                                    waiting_ttl=conf.WAITING_TTL_SECONDS):
+    # A retry chain is founded only when the run has to wait: most runs are admitted at
+    # their first attempt and never need one (two Redis round trips fewer).
+    token = admission.claim_chain(run.pk, chain) if chain is not None else None
+    if token is not None and store.still_full(slot.name, run.pk, max_jobs=slot.max_concurrent,
+                                              memory_budget_mb=slot.memory_budget_mb, cpu_budget=slot.cpu_percent,
+                                              waiting_ttl=conf.WAITING_TTL_SECONDS):
         # A poll of a run waiting for room in a slot that still has none for it: nothing
         # else to check, and its place in line is kept.  A freed place wakes the runs it
         # fits at once, so this poll is only the safety net and can be slow.
         start.apply_async((run.pk,), {"chain": token, "attempt": attempt + 1},
                           countdown=admission.line_poll_delay_s(), queue=settings.DISPATCH_QUEUE)
         return "waiting: slot still full"
+    # Only a run that waited before (queued, polled, woken) can have a waiting record.
+    waited = chain is not None or kick or run.state == RunState.QUEUED
     began = time.perf_counter()
     decision = admit(run, store)
     admission.record_latency((time.perf_counter() - began) * 1000)
@@ -110,21 +116,27 @@ def start(run_id: int, chain: str | None = None, attempt: int = 0, kick: bool = 
         store.woken_back(slot.name, run.pk)
     if decision.admitted:
         execute.apply_async((run.pk,), queue=slot.queue)
-        admission.clear_waiting(run.pk)
+        if waited:
+            admission.clear_waiting(run.pk)
         return "admitted"
     if decision.final_state is not None:
         if decision.final_state in (RunState.SKIPPED, RunState.CANCELLED, RunState.MISSED):
             services.close_run(run, waiting, decision.final_state, error=decision.reason)
-        admission.clear_waiting(run.pk)
+        if waited:
+            admission.clear_waiting(run.pk)
         return decision.reason
     # Waiting: a run admitted at its first attempt never passes through QUEUED (one write
     # less); one that must wait is shown as QUEUED from now on.
     if run.state == RunState.PENDING and not run.transition(RunState.PENDING, RunState.QUEUED, queued_at=now):
         leave_line()
         return "moved on"
+    if chain is None and not kick:
+        # Founded with its reason; None: another chain keeps this run alive already.
+        token = admission.claim_chain(run.pk, None, decision.reason)
+    elif token is not None:
+        admission.note_waiting(run.pk, token, decision.reason)
     if token is None:
         return f"waiting (attempt without a chain): {decision.reason}"
-    admission.note_waiting(run.pk, token, decision.reason)
     start.apply_async((run.pk,), {"chain": token, "attempt": attempt + 1},
                       countdown=admission.retry_delay_s(attempt), queue=settings.DISPATCH_QUEUE)
     return f"waiting: {decision.reason}"
@@ -167,8 +179,9 @@ def execute(run_id: int) -> str:
         # Only the execute that moved the run on owns its lease: a duplicate or late
         # delivery of this task must not free the place of the copy that is running.
         if owned["lease"]:
-            store.release(slot, run.pk, job.pk)
-            host_guard.forget(run.pk)
+            # Lease, line entry, pause mark and kill request: one round trip.
+            store.release(slot, run.pk, job.pk,
+                          also=(host_guard.forget_command(run.pk), ("delete", admission.kill_key(run.pk))))
             admission.wake_after_release(slot, job.pk, store, slot_waiters=not owned.get("woken"), slot_row=job.slot)
 
 
@@ -241,7 +254,6 @@ def _execute(run: JobRun, job: Job, slot: str, store: LeaseStore, owned: dict) -
         peak_memory_mb=round(result.peak_memory_mb, 3), cpu_seconds=round(result.cpu_seconds, 4),
         output_tail=result.output_tail, error=error[:4000], pid=result.pid,
     )
-    admission.clear_kill(run.pk)
     if not closed:
         log.warning("run %s finished as %s but was already closed: late completion refused", run.pk, state)
         return "fenced: late completion refused"

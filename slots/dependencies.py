@@ -21,14 +21,76 @@ and dispatched; it goes through admission like any other run.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from django.db import transaction
 from django.db.models import Q
+from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
 from jobs.models import ACTIVE_STATES, Job, JobDependency, JobRun, RunState
 
 log = logging.getLogger(__name__)
+
+# --- which jobs have links at all (asked for every run; almost always "none") -------------
+# The whole link table, as (job, depends_on, kind, trigger_on_success) tuples, cached per
+# process.  A change bumps a generation counter in Redis when it commits; a cached copy
+# is trusted for LINKS_CACHE_SECONDS, then kept if the generation is unchanged (one GET)
+# or reloaded.  So a link added in the admin applies everywhere within that time, and
+# the common "this job has no links" costs no query per run.
+LINKS_CACHE_SECONDS = 0.25
+LINKS_GENERATION_KEY = "smartcron:links:generation"
+_links_cache: dict[str, tuple] = {}
+_links_lock = threading.Lock()
+
+
+def _generation() -> bytes | None:
+    from slots.redis_client import get_redis
+
+    return get_redis().get(LINKS_GENERATION_KEY)
+
+
+def link_rows() -> tuple[tuple[int, int, str, bool], ...]:
+    """Every dependency link as (job_id, depends_on_id, kind, trigger_on_success), cached."""
+    now = time.monotonic()
+    with _links_lock:
+        hit = _links_cache.get("rows")
+    if hit is not None and now - hit[0] < LINKS_CACHE_SECONDS:
+        return hit[2]
+    generation = _generation()
+    if hit is not None and hit[1] == generation:
+        rows = hit[2]
+    else:
+        rows = tuple(JobDependency.objects.values_list("job_id", "depends_on_id", "kind", "trigger_on_success"))
+    with _links_lock:
+        _links_cache["rows"] = (now, generation, rows)
+    return rows
+
+
+def _links_changed(**_kwargs) -> None:
+    def bump() -> None:
+        from slots.redis_client import get_redis
+
+        with _links_lock:
+            _links_cache.clear()
+        try:
+            get_redis().incr(LINKS_GENERATION_KEY)
+        except Exception:  # noqa: BLE001 - other processes reload when their copy's time is up anyway
+            log.warning("could not publish a dependency change; other processes see it within %s s",
+                        LINKS_CACHE_SECONDS, exc_info=True)
+
+    with _links_lock:
+        _links_cache.clear()  # this process: at once, even before the commit
+    transaction.on_commit(bump)
+
+
+post_save.connect(_links_changed, sender=JobDependency, dispatch_uid="smartcron-links-changed-save")
+post_delete.connect(_links_changed, sender=JobDependency, dispatch_uid="smartcron-links-changed-delete")
+
+
+def has_links(job_id: int) -> bool:
+    return any(job_id in (a, b) for a, b, _, _ in link_rows())
 
 # States of a run that actually executed the script (the success condition looks at these).
 EXECUTED_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT, RunState.KILLED_MEMORY, RunState.LOST)
@@ -49,9 +111,11 @@ class Verdict:
 def links_of(job: Job) -> list[JobDependency]:
     """Every dependency link touching ``job`` (both directions), with the jobs they depend on.
 
-    One one-table query for the common case (no links: a join with every job column costs
-    more to build than to run); a second one only when there are links.
+    No query for the common case (the cached link table says there are none); the links
+    themselves and the jobs they depend on are read fresh when there are some.
     """
+    if not has_links(job.pk):
+        return []
     links = list(JobDependency.objects.filter(Q(job_id=job.pk) | Q(depends_on_id=job.pk)))
     if links:
         others = Job.objects.in_bulk({d.depends_on_id for d in links})
@@ -111,9 +175,10 @@ def exclusive_job_ids(job: Job, links: list[JobDependency] | None = None) -> lis
 
 def related_job_ids(job_id: int) -> list[int]:
     """Jobs whose waiting runs may be able to start once a run of ``job_id`` ends."""
-    rows = JobDependency.objects.filter(Q(job_id=job_id) | Q(depends_on_id=job_id))
     ids = {job_id}
-    for a, b, kind in rows.values_list("job_id", "depends_on_id", "kind"):
+    for a, b, kind, _ in link_rows():
+        if job_id not in (a, b):
+            continue
         if kind == JobDependency.Kind.BLOCKING:
             ids.update((a, b))
         elif b == job_id:
@@ -138,7 +203,10 @@ def on_run_finished(run: JobRun) -> None:
 
     if run.state != RunState.SUCCEEDED:
         return
-    # Almost every job has no dependent to trigger: ask with a one-table query first.
+    # Almost every job has no dependent to trigger: the cached link table says so.
+    if not any(b == run.job_id and trigger and kind != JobDependency.Kind.BLOCKING
+               for _, b, kind, trigger in link_rows()):
+        return
     dependent_ids = list(JobDependency.objects.filter(depends_on_id=run.job_id, trigger_on_success=True)
                          .exclude(kind=JobDependency.Kind.BLOCKING).values_list("job_id", flat=True))
     if not dependent_ids:

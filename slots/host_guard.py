@@ -234,7 +234,12 @@ class HostGuard(threading.Thread):
 
 def forget(run_id: int, host: str = HOSTNAME) -> None:
     """A run ended: it is no longer paused."""
-    get_redis().zrem(paused_key(host), str(run_id))
+    get_redis().zrem(*forget_command(run_id, host)[1:])
+
+
+def forget_command(run_id: int, host: str = HOSTNAME) -> tuple[str, str, str]:
+    """``forget`` as a command for someone else's Redis pipeline (``LeaseStore.release(also=...)``)."""
+    return ("zrem", paused_key(host), str(run_id))
 
 
 _started: list[HostGuard] = []

@@ -374,7 +374,13 @@ class LeaseStore:
         now = time.time()
         return bool(self._renew(keys=[slot_keys(slot)[0], job_key(job_id)], args=[repr(now), repr(now + ttl), run_id]))
 
-    def release(self, slot: str, run_id: int, job_id: int | None = None) -> None:
+    def release(self, slot: str, run_id: int, job_id: int | None = None, *,
+                also: tuple[tuple, ...] = ()) -> None:
+        """Take the run out of the slot (lease, line, job instance) in one round trip.
+
+        ``also``: more commands for the same round trip, e.g. ``("delete", key)`` for
+        another module's per-run keys.
+        """
         zset, mem, cpu, wait, wexp, wneed = slot_keys(slot)
         pipe = self.r.pipeline()
         pipe.zrem(zset, run_id)
@@ -385,6 +391,8 @@ class LeaseStore:
         pipe.hdel(wneed, run_id)
         if job_id is not None:
             pipe.zrem(job_key(job_id), run_id)
+        for command, *args in also:
+            getattr(pipe, command)(*args)
         pipe.execute()
 
     def free_place(self, slot: str, run_id: int, *, job_id: int, ttl: float) -> bool:

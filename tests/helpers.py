@@ -66,20 +66,30 @@ def _ping(client) -> bool:
 class Worker:
     """A real ``celery worker`` process consuming the given queues with a thread pool."""
 
-    def __init__(self, name: str, queues: list[str], concurrency: int, env: dict[str, str], logdir: Path) -> None:
+    def __init__(self, name: str, queues: list[str], concurrency: int, env: dict[str, str], logdir: Path,
+                 *, loglevel: str = "info", imports: tuple[str, ...] = ()) -> None:
         self.name = name
+        self.loglevel = loglevel
         self.log_path = logdir / f"worker-{name}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115
         argv = [str(BIN / "celery"), "-A", "smartcron_project", "worker", "-Q", ",".join(queues), "-P", "threads",
-                "-c", str(concurrency), "-n", f"{name}@%h", "-l", "info", "--without-mingle", "--without-gossip",
+                "-c", str(concurrency), "-n", f"{name}@%h", "-l", loglevel, "--without-mingle", "--without-gossip",
                 "--without-heartbeat"]
+        for module in imports:
+            argv += ["-I", module]
         self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
     def wait_ready(self, timeout: float = 60) -> None:
+        quiet = self.loglevel.lower() not in ("info", "debug")
+
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker {self.name} died:\n{self.log_path.read_text()[-3000:]}")
+            if quiet:  # no " ready." line below INFO: ask the worker itself
+                from smartcron_project.celery import app
+
+                return bool(app.control.ping(destination=[f"{self.name}@{socket.gethostname()}"], timeout=0.5))
             return b" ready." in self.log_path.read_bytes()
 
         wait_for(ready, timeout, message=f"worker {self.name}")
