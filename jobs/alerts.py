@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
@@ -25,13 +25,29 @@ def dedup_key(job: Job | None, type_: str) -> str:
     return f"{job.pk if job else 'system'}:{type_}"
 
 
-def raise_alert(job: Job | None, type_: str, severity: str, message: str, run: JobRun | None = None) -> Alert:
+def raise_alert(job: Job | None, type_: str, severity: str, message: str, run: JobRun | None = None, *,
+                open_alerts: dict[str, str] | None = None) -> Alert:
     """Open an alert, or bump the count of the open one of the same job and type.
 
     A bump that raises the severity of an unacknowledged alert is notified again.
+
+    ``open_alerts`` (type -> severity of the job's open alerts, read earlier in the same
+    transaction; by default the ``open_alerts`` that ``services.record_finished`` hangs on
+    ``run``) saves the lookup when the type is not open: the alert is then inserted with
+    one statement.  Should another worker have opened it meanwhile, the insert fails on the
+    unique dedup key and the alert is bumped as usual, so a stale dict costs a statement,
+    never a duplicate.
     """
     key = dedup_key(job, type_)
     now = timezone.now()
+    if open_alerts is None:
+        open_alerts = getattr(run, "open_alerts", None)
+    if job is not None and open_alerts is not None and type_ not in open_alerts:
+        alert = _insert_new(job, run, type_, severity, message, key, now)
+        if alert is not None:
+            log.warning("alert %s/%s: %s", key, severity, message)
+            _notify(alert, "new")
+            return alert
     current = Alert.objects.filter(dedup_key=key).values_list("severity", "acknowledged_at").first()
     updated = 0
     if current is not None:
@@ -54,6 +70,35 @@ def raise_alert(job: Job | None, type_: str, severity: str, message: str, run: J
         if acknowledged_at is None and SEVERITY_RANK.get(severity, 0) > SEVERITY_RANK.get(old_severity, 0):
             log.warning("alert %s escalated %s -> %s: %s", key, old_severity, severity, message)
             _notify(alert, "escalated")
+    return alert
+
+
+def _insert_new(job: Job, run: JobRun | None, type_: str, severity: str, message: str, key: str,
+                now: dt.datetime) -> Alert | None:
+    """INSERT a new open alert in one statement; None if one with ``key`` is open already.
+
+    No savepoint: on SQLite and MySQL/MariaDB a duplicate key rolls back the failed
+    statement only, and the transaction goes on.  (Not through the ORM: a failing
+    ``Model.save`` inside ``atomic`` marks the whole transaction for rollback.)
+    """
+    if connection.vendor not in ("mysql", "sqlite"):
+        return None  # e.g. PostgreSQL aborts the transaction on any error: use the savepoint path
+    alert = Alert(job=job, run=run, type=type_, severity=severity, message=message, dedup_key=key,
+                  first_seen=now, last_seen=now)
+    fields = [f for f in Alert._meta.concrete_fields if not f.primary_key]
+    qn = connection.ops.quote_name
+    # Identifiers come from the model definition only; every value is a parameter.
+    sql = (f"INSERT INTO {qn(Alert._meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "  # noqa: S608
+           f"VALUES ({', '.join(['%s'] * len(fields))})")
+    params = [f.get_db_prep_save(getattr(alert, f.attname), connection) for f in fields]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            alert.pk = cursor.lastrowid
+    except IntegrityError:
+        return None
+    alert._state.adding = False
+    alert._state.db = connection.alias
     return alert
 
 

@@ -175,7 +175,7 @@ def evaluate(run: JobRun, job: Job, open_alerts: dict[str, str],
         elif tr["status"] == "stable":
             recovered.append(Alert.Type.ANOMALY)
     for finding in findings:
-        alerts.raise_alert(job, finding.type, finding.severity, finding.message, run)
+        alerts.raise_alert(job, finding.type, finding.severity, finding.message, run, open_alerts=open_alerts)
         open_alerts[finding.type] = finding.severity
     to_resolve = [t for t in recovered if t in open_alerts]
     if to_resolve:

@@ -75,38 +75,81 @@ def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def recompute(job: Job, *, now: dt.datetime | None = None) -> Baseline | None:
-    """Recompute and store ``job``'s baseline now; None (and nothing stored) while learning."""
-    rows = list(JobRun.objects.filter(job_id=job.pk, state=RunState.SUCCEEDED, duration_s__isnull=False)
-                .order_by("-scheduled_for").values_list("duration_s", "peak_memory_mb")[:conf.BASELINE_WINDOW])
-    baseline = compute(rows)
-    if baseline is None:
-        return None
+def due(counted: int | None) -> bool:
+    """Whether the success being recorded may complete a batch of BASELINE_EVERY_RUNS.
+
+    ``counted``: the job's counter as read before this run was counted (None: unknown).
+    """
+    return counted is None or counted + 1 >= conf.BASELINE_EVERY_RUNS
+
+
+def samples(job_id: int, latest: Sequence[tuple[float | None, float | None]] | None = None,
+            latest_limit: int = 0) -> list[tuple[float | None, float | None]]:
+    """(duration, peak memory) of the job's latest BASELINE_WINDOW successful runs that have a
+    duration, newest first.
+
+    ``latest``: the job's latest successes as :func:`jobs.stats.latest_successes` returned
+    them when asked for ``latest_limit`` rows.  When they hold the whole window (or all the
+    job's successes), no query is needed.
+    """
+    size = conf.BASELINE_WINDOW
+    if latest is not None:
+        timed = [row for row in latest if row[0] is not None]
+        if len(timed) >= size or len(latest) < latest_limit:
+            return timed[:size]
+    return list(JobRun.objects.filter(job_id=job_id, state=RunState.SUCCEEDED, duration_s__isnull=False)
+                .order_by("-scheduled_for").values_list("duration_s", "peak_memory_mb")[:size])
+
+
+def _store_on_job(job: Job, baseline: Baseline, now: dt.datetime | None) -> None:
     fields = {**baseline.as_fields(), "baseline_updated_at": now or timezone.now()}
     # A queryset update: no post_save, so the beat sync is not involved.
     Job.objects.filter(pk=job.pk).update(**fields)
     for key, value in fields.items():
         setattr(job, key, value)
+
+
+def _reference_fields(baseline: Baseline) -> dict[str, float | None]:
+    return {"reference_duration_p50": baseline.reference_duration_p50,
+            "reference_memory_p50": baseline.reference_memory_p50}
+
+
+def recompute(job: Job, *, now: dt.datetime | None = None) -> Baseline | None:
+    """Recompute and store ``job``'s baseline now; None (and nothing stored) while learning."""
+    baseline = compute(samples(job.pk))
+    if baseline is None:
+        return None
+    _store_on_job(job, baseline, now)
     from jobs.stats import upsert
 
-    upsert(JobStats, {"job_id": job.pk}, {"reference_duration_p50": baseline.reference_duration_p50,
-                                           "reference_memory_p50": baseline.reference_memory_p50})
+    upsert(JobStats, {"job_id": job.pk}, sets=_reference_fields(baseline))
     return baseline
 
 
-def maybe_recompute(job: Job, *, now: dt.datetime | None = None, counted: int | None = None) -> Baseline | None:
+def maybe_recompute(job: Job, *, now: dt.datetime | None = None, counted: int | None = None,
+                    latest: Sequence[tuple[float | None, float | None]] | None = None,
+                    latest_limit: int = 0) -> Baseline | None:
     """Recompute when enough new successful runs were counted since the last time.
 
     ``counted``: the counter as the caller read it before this run was counted; saves the
-    query in the common case where it is clearly below the threshold.
+    query in the common case where it is clearly below the threshold.  ``latest`` and
+    ``latest_limit``: see :func:`samples` (saves reading the runs again).
+
+    The claim of the counter and the trend reference are one conditional UPDATE: a worker
+    that loses the claim to another one stores nothing.
     """
-    if counted is not None and counted + 1 < conf.BASELINE_EVERY_RUNS:
+    if not due(counted):
         return None
+    baseline = compute(samples(job.pk, latest, latest_limit))
+    fields: dict[str, float | int | None] = {"runs_since_baseline": 0}
+    if baseline is not None:
+        fields.update(_reference_fields(baseline))
     claimed = JobStats.objects.filter(job_id=job.pk, runs_since_baseline__gte=conf.BASELINE_EVERY_RUNS).update(
-        runs_since_baseline=0)
-    if not claimed:
+        **fields)
+    if not claimed or baseline is None:
         return None
-    return recompute(job, now=now)
+    _store_on_job(job, baseline, now)
+    return baseline
 
 
 def recalculate(jobs: QuerySet[Job] | None = None) -> list[dict]:

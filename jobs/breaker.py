@@ -39,7 +39,8 @@ def after_failure(run: JobRun, job: Job, open_alerts: dict[str, str] | None = No
     n = job.consecutive_failures
     if n >= conf.CONSECUTIVE_FAILURES_ALERT:
         alerts.raise_alert(job, Alert.Type.CONSECUTIVE_FAILURES, Alert.Severity.ERROR,
-                           f"{job.name}: {n} failures in a row (last: run {run.pk} {run.state})", run)
+                           f"{job.name}: {n} failures in a row (last: run {run.pk} {run.state})", run,
+                           open_alerts=open_alerts)
         if open_alerts is not None:
             open_alerts[Alert.Type.CONSECUTIVE_FAILURES] = Alert.Severity.ERROR
     threshold = threshold_for(job)
@@ -62,7 +63,7 @@ def trip(job: Job, run: JobRun | None = None, why: str = "", open_alerts: dict[s
     log.error("circuit breaker opened for %s: %s", job.name, why)
     alerts.raise_alert(job, Alert.Type.CIRCUIT_OPEN, Alert.Severity.CRITICAL,
                        f"{job.name}: paused by the circuit breaker after {why}. Fix the cause, then "
-                       f"`manage.py circuit_breaker --reset --job {job.name}`.", run)
+                       f"`manage.py circuit_breaker --reset --job {job.name}`.", run, open_alerts=open_alerts)
     if open_alerts is not None:
         open_alerts[Alert.Type.CIRCUIT_OPEN] = Alert.Severity.CRITICAL
     return True

@@ -73,10 +73,15 @@ def _on_run_finished(run) -> None:
         open_alerts = dict(
             Alert.objects.filter(job_id=job.pk, resolved_at__isnull=True).values_list("type", "severity"))
     succeeded = run.state == RunState.SUCCEEDED
-    recent = _step("recent", run.pk, lambda: stats.recent_window(job.pk, conf.TREND_WINDOW)) if succeeded else None
+    # The latest successes, read once: the trend window, and the baseline window too when
+    # this success may trigger a recompute.
+    limit = max(conf.TREND_WINDOW, conf.BASELINE_WINDOW) if baselines.due(counted) else conf.TREND_WINDOW
+    latest = _step("recent", run.pk, lambda: stats.latest_successes(job.pk, limit)) if succeeded else None
+    recent = stats.summarise_recent(latest[:conf.TREND_WINDOW]) if latest is not None else None
     _step("stats", run.pk, lambda: stats.record(run, recent=recent))
     if succeeded:
-        baseline = _step("baseline", run.pk, lambda: baselines.maybe_recompute(job, counted=counted))
+        baseline = _step("baseline", run.pk, lambda: baselines.maybe_recompute(
+            job, counted=counted, latest=latest, latest_limit=limit))
         if baseline is not None:
             reference = baseline.reference
     _step("anomaly", run.pk, lambda: anomaly.evaluate(run, job, open_alerts, recent, reference))

@@ -77,24 +77,20 @@ def percentile_from_bins(counts: Sequence[int], edges: Sequence[float], q: float
     return observed_max
 
 
-def upsert(model, keys: dict[str, Any], updates: dict[str, Any]) -> None:
-    """UPDATE the row with ``updates`` (F() expressions), creating it first if missing."""
-    if model.objects.filter(**keys).update(**updates):
-        return
-    try:
-        with transaction.atomic():
-            model.objects.create(**keys)
-    except IntegrityError:
-        pass  # created concurrently by another worker: fine, update it
-    model.objects.filter(**keys).update(**updates)
+def latest_successes(job_id: int, limit: int) -> list[tuple[float | None, float | None]]:
+    """(duration, peak memory) of the job's latest ``limit`` successful runs, newest first.
+
+    One backwards range read of the unique (job, scheduled_for) index, skipping the few
+    runs that did not succeed; serves both the trend window and the baseline.
+    """
+    return list(JobRun.objects.filter(job_id=job_id, state=RunState.SUCCEEDED)
+                .order_by("-scheduled_for").values_list("duration_s", "peak_memory_mb")[:limit])
 
 
-def recent_window(job_id: int, size: int) -> tuple[int, float | None, float | None]:
-    """(count, median duration, median peak memory) of the job's latest successful runs."""
+def summarise_recent(rows: Sequence[tuple[float | None, float | None]]) -> tuple[int, float | None, float | None]:
+    """(count, median duration, median peak memory) of (duration, peak memory) pairs."""
     import numpy as np
 
-    rows = list(JobRun.objects.filter(job_id=job_id, state=RunState.SUCCEEDED)
-                .order_by("-scheduled_for").values_list("duration_s", "peak_memory_mb")[:size])
     durations = [d for d, _ in rows if d is not None]
     memories = [m for _, m in rows if m is not None]
     return (len(rows),
@@ -102,30 +98,28 @@ def recent_window(job_id: int, size: int) -> tuple[int, float | None, float | No
             float(np.median(memories)) if memories else None)
 
 
+def recent_window(job_id: int, size: int) -> tuple[int, float | None, float | None]:
+    """(count, median duration, median peak memory) of the job's latest successful runs."""
+    return summarise_recent(latest_successes(job_id, size))
+
+
+def _prep(field, value: Any) -> Any:
+    return field.get_db_prep_save(value, connection)
+
+
 def _update_sql(model, keys: dict[str, Any], incs: dict[str, float], maxes: dict[str, float],
                 sets: dict[str, Any]) -> int:
     """One parameterised ``UPDATE``: col = col + x, col = max(col, x), col = value.
 
-    Plain SQL because this runs for every finished run: the ORM spends longer compiling a
-    dozen F() expressions than the database spends executing them.  CASE (not GREATEST/MAX)
-    keeps it portable between SQLite and MySQL.
+    Only for backends without a single-statement upsert (see :func:`upsert`).
     """
     qn = connection.ops.quote_name
-    parts: list[str] = []
-    params: list[Any] = []
-    for col, value in incs.items():
-        parts.append(f"{qn(col)} = {qn(col)} + %s")
-        params.append(value)
-    for col, value in maxes.items():
-        parts.append(f"{qn(col)} = CASE WHEN {qn(col)} < %s THEN %s ELSE {qn(col)} END")
-        params += [value, value]
-    for col, value in sets.items():
-        parts.append(f"{qn(col)} = %s")
-        params.append(connection.ops.adapt_datetimefield_value(value) if isinstance(value, dt.datetime) else value)
+    field = model._meta.get_field
+    parts, params = _assignments(model, incs, maxes, sets)
     where = []
     for col, value in keys.items():
-        where.append(f"{qn(model._meta.get_field(col).column)} = %s")
-        params.append(connection.ops.adapt_datetimefield_value(value) if isinstance(value, dt.datetime) else value)
+        where.append(f"{qn(field(col).column)} = %s")
+        params.append(_prep(field(col), value))
     # Identifiers come from our own model definitions only; every value is a parameter.
     sql = f"UPDATE {qn(model._meta.db_table)} SET {', '.join(parts)} WHERE {' AND '.join(where)}"  # noqa: S608
     with connection.cursor() as cursor:
@@ -133,16 +127,105 @@ def _update_sql(model, keys: dict[str, Any], incs: dict[str, float], maxes: dict
         return cursor.rowcount
 
 
-def _upsert_sql(model, keys: dict[str, Any], incs: dict[str, float], maxes: dict[str, float],
-                sets: dict[str, Any]) -> None:
-    if _update_sql(model, keys, incs, maxes, sets):
+def _assignments(model, incs: dict[str, float], maxes: dict[str, float],
+                 sets: dict[str, Any]) -> tuple[list[str], list[Any]]:
+    """``SET`` items for an existing row: col = col + x, col = max(col, x), col = value.
+
+    CASE (not GREATEST/MAX) keeps it portable between SQLite and MySQL.
+    """
+    qn = connection.ops.quote_name
+    field = model._meta.get_field
+    parts: list[str] = []
+    params: list[Any] = []
+    for col, value in incs.items():
+        c = qn(field(col).column)
+        parts.append(f"{c} = {c} + %s")
+        params.append(value)
+    for col, value in maxes.items():
+        c = qn(field(col).column)
+        parts.append(f"{c} = CASE WHEN {c} < %s THEN %s ELSE {c} END")
+        params += [value, value]
+    for col, value in sets.items():
+        parts.append(f"{qn(field(col).column)} = %s")
+        params.append(_prep(field(col), value))
+    return parts, params
+
+
+# (model, vendor, key/inc/max/set columns) -> (SQL, the inserted fields)
+_UPSERT_SQL: dict[tuple, tuple[str, list[Any]]] = {}
+
+
+def _upsert_statement(model, keys: Iterable[str], incs: Iterable[str], maxes: Iterable[str],
+                      sets: Iterable[str]) -> tuple[str, list[Any]]:
+    vendor = connection.vendor
+    cache_key = (model, vendor, tuple(keys), tuple(incs), tuple(maxes), tuple(sets))
+    cached = _UPSERT_SQL.get(cache_key)
+    if cached is not None:
+        return cached
+    qn = connection.ops.quote_name
+    # Every concrete column but an auto-increment id: the model's defaults are Python-side,
+    # so the INSERT names them all (NOT NULL columns have no database default).
+    fields = [f for f in model._meta.concrete_fields if not (f.primary_key and f.attname not in keys)]
+    columns = ", ".join(qn(f.column) for f in fields)
+    values = ", ".join(["%s"] * len(fields))
+    table = qn(model._meta.db_table)
+    # The SET clause's parameters are appended per call; only its shape is cached here.
+    parts, _ = _assignments(model, dict.fromkeys(incs, 0), dict.fromkeys(maxes, 0), dict.fromkeys(sets))
+    if vendor == "mysql":
+        # Without VALUES()/row aliases: they differ between MySQL 8 and MariaDB.
+        tail = f"ON DUPLICATE KEY UPDATE {', '.join(parts)}"
+    else:  # sqlite (>= 3.24); the target is the unique key (any column order)
+        target = ", ".join(qn(model._meta.get_field(k).column) for k in keys)
+        tail = f"ON CONFLICT ({target}) DO UPDATE SET {', '.join(parts)}"
+    # Identifiers come from our own model definitions only; every value is a parameter.
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({values}) {tail}"  # noqa: S608
+    _UPSERT_SQL[cache_key] = (sql, fields)
+    return sql, fields
+
+
+def upsert(model, keys: dict[str, Any], incs: dict[str, float] | None = None,
+           maxes: dict[str, float] | None = None, sets: dict[str, Any] | None = None) -> None:
+    """Apply col = col + x (``incs``), col = max(col, x) (``maxes``) and col = value (``sets``)
+    to the row identified by ``keys`` (a unique key), creating it first if missing.
+
+    ONE statement on MySQL/MariaDB (``INSERT ... ON DUPLICATE KEY UPDATE``) and SQLite
+    (``INSERT ... ON CONFLICT (...) DO UPDATE``): the new row is what the update makes of a
+    row holding the model's defaults.  Concurrent workers never lose a count: the database
+    inserts or updates atomically.  Other backends: UPDATE, and if no row matched, INSERT
+    (in a savepoint, a concurrent insert wins) and UPDATE again.
+
+    Plain SQL because this runs for every finished run: the ORM spends longer compiling a
+    dozen F() expressions than the database spends executing them.
+    """
+    incs, maxes, sets = incs or {}, maxes or {}, sets or {}
+    if connection.vendor not in ("mysql", "sqlite"):
+        if _update_sql(model, keys, incs, maxes, sets):
+            return
+        try:
+            with transaction.atomic():
+                model.objects.create(**keys)
+        except IntegrityError:
+            pass  # created concurrently by another worker: fine, update it
+        _update_sql(model, keys, incs, maxes, sets)
         return
-    try:
-        with transaction.atomic():
-            model.objects.create(**keys)
-    except IntegrityError:
-        pass  # created concurrently by another worker: fine, update it
-    _update_sql(model, keys, incs, maxes, sets)
+    sql, fields = _upsert_statement(model, keys, incs, maxes, sets)
+    params: list[Any] = []
+    for f in fields:
+        name = f.attname
+        if name in keys:
+            value = keys[name]
+        elif name in sets:
+            value = sets[name]
+        elif name in incs:
+            value = f.get_default() + incs[name]
+        elif name in maxes:
+            value = max(f.get_default(), maxes[name])
+        else:
+            value = f.get_default()
+        params.append(_prep(f, value))
+    params += _assignments(model, incs, maxes, sets)[1]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def run_increments(state: str, duration: float | None, memory: float | None, cpu: float | None,
@@ -198,8 +281,8 @@ def record(run: JobRun, *, recent: tuple[int, float | None, float | None] | None
         total["runs_since_baseline"] = 1
     if recent is not None:
         total_set.update(recent_runs=recent[0], recent_duration_p50=recent[1], recent_memory_p50=recent[2])
-    _upsert_sql(JobStats, {"job_id": run.job_id}, total, {}, total_set)
-    _upsert_sql(JobStatsHour, {"job_id": run.job_id, "hour": hour_of(when)}, hour, hour_max, {})
+    upsert(JobStats, {"job_id": run.job_id}, total, sets=total_set)
+    upsert(JobStatsHour, {"job_id": run.job_id, "hour": hour_of(when)}, hour, hour_max)
 
 
 # --- rolling window ------------------------------------------------------------------------

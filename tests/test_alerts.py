@@ -295,3 +295,26 @@ def test_a_job_that_silently_stops_running_is_overdue_and_alerted(make_job, trav
     health.watchdog()
     assert health.health_summary()[0]["execution_status"] == "ok"
     assert not open_alerts(job, Alert.Type.MISSED)
+
+
+def test_a_new_alert_is_one_insert_and_a_stale_open_alerts_dict_still_bumps(make_job, traveller):
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    job = make_job("racy")
+    with transaction.atomic():
+        with CaptureQueriesContext(connection) as ctx:
+            first = alerts.raise_alert(job, Alert.Type.FAILURE, Alert.Severity.ERROR, "racy: exit 1", open_alerts={})
+        assert len(ctx.captured_queries) == 1, ctx.captured_queries
+        assert first.pk and Alert.objects.get(pk=first.pk).message == "racy: exit 1"
+        # A dict that missed the alert (another worker opened it): the insert hits the unique
+        # dedup key, the transaction goes on and the open alert is bumped instead.
+        traveller.shift(dt.timedelta(minutes=1))
+        again = alerts.raise_alert(job, Alert.Type.FAILURE, Alert.Severity.ERROR, "racy: exit 2", open_alerts={})
+        assert again.pk == first.pk
+        known = {Alert.Type.FAILURE: Alert.Severity.ERROR}
+        alerts.raise_alert(job, Alert.Type.FAILURE, Alert.Severity.ERROR, "racy: exit 3", open_alerts=known)
+        assert Job.objects.filter(pk=job.pk).exists()  # the transaction is still usable
+    [alert] = open_alerts(job, Alert.Type.FAILURE)
+    assert (alert.count, alert.message, alert.first_seen) == (3, "racy: exit 3", T0)
+    assert alert.last_seen == T0 + dt.timedelta(minutes=1) and alert.job_id == job.pk and alert.run_id is None

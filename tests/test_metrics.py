@@ -86,6 +86,45 @@ def test_every_run_is_counted_and_the_window_rolls(make_job, traveller):
     assert JobStatsHour.objects.filter(job=job).count() == 2
 
 
+def test_the_stats_upsert_inserts_then_updates_one_row_in_one_statement(make_job):
+    """stats.upsert against the real database: a missing (job, hour) row is created with the
+    increments/maxima applied to the model defaults; a second call adds to the same row."""
+    job = make_job("upserted")
+    hour = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)
+    keys = {"job_id": job.pk, "hour": hour}
+    with CaptureQueriesContext(connection) as ctx:
+        stats.upsert(JobStatsHour, keys, {"runs": 1, "succeeded": 1, "duration_sum": 2.5, "d05": 1},
+                     {"duration_max": 2.5})
+    assert len(ctx.captured_queries) == 1, ctx.captured_queries
+    row = JobStatsHour.objects.get(job=job, hour=hour)
+    assert (row.runs, row.succeeded, row.failures, row.duration_sum, row.duration_max, row.d05, row.d06) == (
+        1, 1, 0, 2.5, 2.5, 1, 0)
+    assert row.memory_count == 0 and row.memory_max == 0.0 and row.cpu_sum == 0.0
+    with CaptureQueriesContext(connection) as ctx:
+        stats.upsert(JobStatsHour, keys, {"runs": 1, "failures": 1, "duration_sum": 1.25, "d05": 1, "d06": 1},
+                     {"duration_max": 1.25})
+    assert len(ctx.captured_queries) == 1, ctx.captured_queries
+    stats.upsert(JobStatsHour, keys, {"runs": 1}, {"duration_max": 7.0})
+    assert JobStatsHour.objects.filter(job=job).count() == 1
+    row.refresh_from_db()
+    assert (row.runs, row.succeeded, row.failures, row.duration_sum, row.duration_max, row.d05, row.d06) == (
+        3, 1, 1, 3.75, 7.0, 2, 1)
+    # A second hour is a second row; JobStats (primary key job_id) with plain values too.
+    stats.upsert(JobStatsHour, {"job_id": job.pk, "hour": hour + dt.timedelta(hours=1)}, {"runs": 1})
+    assert JobStatsHour.objects.filter(job=job).count() == 2
+    JobStats.objects.filter(job=job).delete()
+    later = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)
+    stats.upsert(JobStats, {"job_id": job.pk}, {"runs_total": 1, "n_succeeded": 1, "runs_since_baseline": 1},
+                 sets={"updated_at": later, "recent_duration_p50": 2.0, "recent_runs": 1})
+    stats.upsert(JobStats, {"job_id": job.pk}, {"runs_total": 1, "n_failed": 1},
+                 sets={"updated_at": later + dt.timedelta(minutes=1), "reference_memory_p50": 64.5})
+    total = JobStats.objects.get(job=job)
+    assert (total.runs_total, total.n_succeeded, total.n_failed, total.runs_since_baseline, total.recent_runs) == (
+        2, 1, 1, 1, 1)
+    assert (total.recent_duration_p50, total.reference_memory_p50, total.reference_duration_p50) == (2.0, 64.5, None)
+    assert total.updated_at == later + dt.timedelta(minutes=1)
+
+
 def test_rebuilding_from_history_gives_the_same_figures_as_recording(make_job, traveller):
     job = make_job("rebuilt")
     rng = random.Random(7)
