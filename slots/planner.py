@@ -83,6 +83,12 @@ LOGNORMAL_SIGMA = math.log(P95_OVER_MEDIAN) / 1.6448536269514722
 # CPU seconds spent raising the energetic bounds with Lagrangian bounds (see _bounds).
 LAGRANGIAN_S = 1.0
 SAMPLE_LAGRANGIAN_S = 0.3  # the same, per duration-variation sample
+# CPU seconds (counted from the start of the call) at which the search of inputs up to
+# EXACT_MAX_JOBS jobs stops; with OR-Tools installed the randomised search stops at
+# ILS_WITH_EXACT_S and the exact polishing phase (CP-SAT) has the rest.
+SEARCH_TOTAL_S = 1.4
+ILS_WITH_EXACT_S = 0.9
+EXACT_MAX_JOBS = 2000
 _EXP_CAP = 300.0  # exp() argument cap: keeps the soft-peak terms finite
 BOUND_LENGTHS = (1, 2, 3, 5, 8, 12, 20, 30, 45, 60, 75, 90, 120, 150, 180, 240, 300, 420, 600, 900, 1800, 3600)
 
@@ -1071,10 +1077,25 @@ def _size_order(model: _Model, scales: np.ndarray) -> list[int]:
     return sorted(movable, key=lambda j: (tier[j], model.jobs[j].period, -size[j], j))
 
 
-def _ils_total(n_jobs: int) -> float:
+def _ils_total(n_jobs: int, exact: bool = False) -> float:
     """CPU seconds a whole plan may take before the randomised search stops (it only
-    runs with time left: small and medium inputs; large ones spend the budget earlier)."""
-    return 1.4 if n_jobs <= 2000 else 0.0
+    runs with time left: small and medium inputs; large ones spend the budget earlier).
+    With the exact polishing phase after it, the search stops earlier and leaves it the rest."""
+    if n_jobs > EXACT_MAX_JOBS:
+        return 0.0
+    return ILS_WITH_EXACT_S if exact else SEARCH_TOTAL_S
+
+
+def _cpsat_module():
+    """OR-Tools' compiled CP-SAT module, or None when OR-Tools is not installed.
+
+    Only ``cp_model_helper`` is imported (models are passed as protobuf text), not
+    ``ortools.sat.python.cp_model``, which would also load pandas and protobuf."""
+    try:
+        from ortools.sat.python import cp_model_helper
+    except ImportError:
+        return None
+    return cp_model_helper
 
 
 def _fixed_load(model: _Model) -> np.ndarray:
@@ -1229,7 +1250,12 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     # (sideways moves let the search walk along plateaus).  Seeded, so deterministic.
     rng = np.random.default_rng(int(cfg.get("seed", 0)))
     cpu_now = time.process_time()
-    ils_total = float(cfg.get("ils_total_s", _ils_total(len(jobs))))  # CPU seconds for the whole call
+    # 5. (below) needs OR-Tools; without it the randomised search keeps all the time.
+    use_exact = (bool(cfg.get("exact", True)) and len(jobs) <= int(cfg.get("exact_max_jobs", EXACT_MAX_JOBS))
+                 and float(cfg.get("exact_total_s", SEARCH_TOTAL_S)) > 0 and any(c.window > 1 and not c.fixed
+                                                                                for c in model.jobs))
+    cpsat = _cpsat_module() if use_exact else None
+    ils_total = float(cfg.get("ils_total_s", _ils_total(len(jobs), cpsat is not None)))  # CPU s for the whole call
     ils_deadline = min(deadline, max(cpu0 + ils_total, cpu_now + float(cfg.get("ils_min_s", 0.2))))
     n_ils = n_ils_better = 0
     cur_key = best_key
@@ -1288,6 +1314,14 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
                 eng.place(j, int(eng.offsets[j]), -1.0)
                 eng.place(j, old[j])
     offsets = best_offsets
+    # 5. Exact polishing: CP-SAT on the jobs of the busiest seconds, a few dozen at a time.
+    exact_stats: dict = {"exact": "off" if not use_exact else "unavailable" if cpsat is None else "on"}
+    if cpsat is not None:
+        exact_total = float(cfg.get("exact_total_s", SEARCH_TOTAL_S))
+        exact_end = min(deadline, max(cpu0 + exact_total, time.process_time() + float(cfg.get("exact_min_s", 0.2))))
+        offsets, more = _exact_polish(cpsat, model, bound, np.asarray(offsets, dtype=np.int64), objective, cfg,
+                                      exact_end)
+        exact_stats.update(more)
 
     before = _profile(model, np.array([c.offset0 for c in model.jobs], dtype=np.int64))
     after = _profile(model, offsets)
@@ -1298,9 +1332,230 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     ]
     stats = {"bound_s": round(t_bound, 4), "greedy_s": round(t_greedy, 4), "passes_s": round(t_passes, 4),
              "passes": n_passes, "rr_rounds": n_rounds, "ils_rounds": n_ils, "ils_improved": n_ils_better,
-             "jobs": len(jobs), "peer": len(peer)}
+             "jobs": len(jobs), "peer": len(peer), **exact_stats}
     return Plan(objective, [int(o) for o in offsets], assignments, before, after, peer_load,
                 _peaks_from(model, bound), time.perf_counter() - t0, stats)
+
+
+# --------------------------------------------------------------------------------------
+# Exact polishing (optional): the time-indexed model of a few jobs, solved by a MILP solver
+# --------------------------------------------------------------------------------------
+def _load_arrays(model: _Model, offsets: np.ndarray) -> np.ndarray:
+    """(n_arrays, 2, cycle) loads of a plan (total, then each slot), as the engine holds them."""
+    prof = _profile(model, offsets)
+    X = np.zeros((model.n_arrays, 2, model.length))
+    X[0, 0], X[0, 1] = prof.jobs, prof.memory
+    for s, name in enumerate(model.slots):
+        X[1 + s, 0], X[1 + s, 1] = prof.slots[name]
+    return X
+
+
+def _job_load(c: _Job, offset: int, length: int) -> np.ndarray:
+    """(2, cycle) runs and memory of one job at ``offset``."""
+    runs = _circ_counts((c.ticks + offset) % length, c.dur, length)
+    return np.stack([runs, runs * c.mem])
+
+
+def _exact_polish(cpsat, model: _Model, bound: np.ndarray, offsets: np.ndarray, objective: str, cfg: dict,
+                  cpu_end: float) -> tuple[np.ndarray, dict]:
+    """Exact polishing: CP-SAT large-neighbourhood search around the busiest seconds.
+
+    Each round frees ``exact_jobs`` movable jobs with a run near a busiest second of the
+    worst total load (runs or memory), keeps every other job where it is, and solves the
+    model of the freed jobs exactly or nearly with OR-Tools CP-SAT: one integer offset per
+    freed job; each of its runs that can meet the *region* (the minutes where a total is
+    within ``exact_theta`` of its peak, and the minutes beside them) is an interval
+    starting at tick + offset; per load (total and each slot, runs and MB) a cumulative
+    constraint over those intervals plus the fixed load of everything else at the seconds
+    they can reach.  The totals' capacities are variables (between the lower bound and
+    today's peak) whose normalised sum is minimised; a slot's capacity is its peak today
+    (no slot may get worse).  Runs outside the region are not modelled: the result is
+    re-simulated in full and kept only if the planner's objective improves, and minutes
+    where a load rose are added to the region of later rounds.
+
+    CP-SAT runs with one worker and a fixed seed, each round to ``exact_round_s`` seconds
+    and a deterministic limit ``exact_round_dt``; the phase stops at ``cpu_end`` (CPU
+    time, like the other phases) or after ``exact_rounds`` rounds.  ``cpsat`` is the
+    module from :func:`_cpsat_module` (OR-Tools is an optional dependency).
+    """
+    stats: dict = {"exact_rounds": 0, "exact_improved": 0}
+    length = model.length
+    inv = 1.0 / np.where(bound > 0, bound, 1.0)
+    if not any(not c.fixed and c.window > 1 for c in model.jobs):
+        return offsets, stats
+    offsets = offsets.copy()
+    cover = _Coverage(model)
+    rng = np.random.default_rng(int(cfg.get("seed", 0)))
+    k_jobs = int(cfg.get("exact_jobs", 40))
+    theta = float(cfg.get("exact_theta", 0.95))
+    max_rounds = int(cfg.get("exact_rounds", 10**9))
+    res_w = {"memory": np.array([0.1, 1.0]), "jobs": np.array([1.0, 0.1])}.get(objective, np.array([1.0, 1.0]))
+    # Memory in integer units of 1/mem_q MB (CP-SAT is integral); the re-simulation is exact.
+    mem_q = float(cfg.get("exact_mem_q", 1.0))
+    X = _load_arrays(model, offsets)
+    key = _objective_key(X, inv, objective)
+    extra = np.zeros(length // 60, dtype=bool)  # minutes added after a load rose there
+    while stats["exact_rounds"] < max_rounds and time.process_time() < cpu_end - 0.02:
+        pk = X.max(axis=2)
+        r0 = int(np.argmax(pk[0] * inv[0] * res_w))
+        hot = np.flatnonzero(X[0, r0] >= pk[0, r0] - 1e-9)
+        second = int(hot[rng.integers(len(hot))])
+        pool = cover.at(offsets, second, None, int(cfg.get("exact_radius", 60)))
+        if not pool.size:
+            break
+        free = sorted(int(j) for j in rng.choice(pool, size=min(k_jobs, pool.size), replace=False))
+        minute = extra.copy()
+        for r in (0, 1):
+            minute[np.flatnonzero(X[0, r] >= theta * pk[0, r]) // 60] = True
+        near = np.flatnonzero(minute)
+        minute[(near[:, None] + np.array([-1, 1])).ravel() % minute.size] = True
+        region = np.repeat(minute, 60)
+        text, pos = _cpsat_text(model, bound, inv, res_w, mem_q, offsets, free, X, pk, region,
+                                float(cfg.get("exact_floor", 0.0)))
+        round_s = max(0.01, min(float(cfg.get("exact_round_s", 0.35)), cpu_end - time.process_time()))
+        params = cpsat.SatParameters()
+        params.parse_text_format(
+            f"num_workers: 1 random_seed: {int(cfg.get('seed', 0))} "
+            f"max_deterministic_time: {float(cfg.get('exact_round_dt', 1.0))} max_time_in_seconds: {round_s:.3f}")
+        proto = cpsat.CpModelProto()
+        if not proto.parse_text_format(text):
+            break
+        wrapper = cpsat.SolveWrapper()
+        wrapper.set_parameters(params)
+        response = wrapper.solve(proto)
+        stats["exact_rounds"] += 1
+        if response.status not in (cpsat.CpSolverStatus.OPTIMAL, cpsat.CpSolverStatus.FEASIBLE):
+            continue
+        values = list(response.solution)
+        new_x, new_offsets = X.copy(), offsets.copy()
+        for j in free:
+            c = model.jobs[j]
+            new = c.base + int(values[pos[j]])
+            if new != offsets[j]:
+                arrays = (0, 1 + c.slot)
+                new_x[arrays, :, :] += _job_load(c, new, length) - _job_load(c, int(offsets[j]), length)
+                new_offsets[j] = new
+        rose = (new_x > pk[:, :, None] + 1e-6).any(axis=(0, 1))
+        extra[np.flatnonzero(rose) // 60] = True
+        new_key = _objective_key(new_x, inv, objective)
+        if new_key < key:
+            X, offsets, key = new_x, new_offsets, new_key
+            stats["exact_improved"] += 1
+    return offsets, stats
+
+
+def _cpsat_text(model: _Model, bound: np.ndarray, inv: np.ndarray, res_w: np.ndarray, mem_q: float,
+                offsets: np.ndarray, free: list[int], X: np.ndarray, pk: np.ndarray,
+                region: np.ndarray, floor_frac: float = 0.0) -> tuple[str, dict[int, int]]:
+    """The CP-SAT model of one :func:`_exact_polish` round, in protobuf text format, and the
+    index of each freed job's offset variable."""
+    length, n_arr = model.length, model.n_arrays
+    out: list[str] = []
+    pos: dict[int, int] = {}
+    n_vars = 0
+    hint_v, hint_x = [], []
+    runs: dict[int, np.ndarray] = {}
+    line = length + MAX_WINDOW_S + int(max(c.dur for c in model.jobs)) + 1  # seconds past midnight unrolled
+    reach = np.zeros(line, dtype=bool)
+    for j in free:
+        c = model.jobs[j]
+        rel = (c.ticks + c.base) % length
+        cells = rel[:, None] + np.arange(c.window - 1 + c.dur)[None, :]
+        meets = region[cells % length].any(axis=1)
+        runs[j] = rel[meets]
+        if runs[j].size:
+            reach[cells[meets].ravel()] = True
+        now = int(offsets[j]) - c.base
+        pos[j] = n_vars
+        n_vars += 1
+        # A job with no run in the region stays where it is (nothing here could tell).
+        out.append(f"variables {{ domain: [{0 if runs[j].size else now}, {c.window - 1 if runs[j].size else now}] }}")
+        hint_v.append(pos[j])
+        hint_x.append(now)
+    # Only the seconds of the region the freed runs can reach get constraints; there, the
+    # load of everything else (rest) and the most the freed jobs could add (all their
+    # offsets at once), per load.
+    cells = np.flatnonzero(reach & region[np.arange(line) % length])
+    at = cells % length
+    rest = X[:, :, at].copy()
+    most = np.zeros_like(rest)
+    for j in free:
+        c = model.jobs[j]
+        phase = (at[:, None] - c.head[None, :]) % c.period
+        own = (((phase - int(offsets[j])) % c.period) < c.dur).sum(axis=1)
+        can = (((phase - c.base) % c.period) < c.dur + c.window - 1).sum(axis=1)
+        for a in (0, 1 + c.slot):
+            rest[a, 0] -= own
+            rest[a, 1] -= own * c.mem
+            most[a, 0] += can
+            most[a, 1] += can * c.mem
+    z_var, floor_cap = {}, np.zeros((n_arr, 2))
+    for r in (0, 1):
+        q = 1.0 if r == 0 else mem_q
+        # The totals' peaks are looked for between floor_frac x today's peak (at least the
+        # bound) and today's peak: seconds that cannot exceed the floor need no constraint.
+        lo = max(math.ceil(bound[0, r] * q - 1e-9), math.floor(floor_frac * pk[0, r] * q))
+        hi = max(lo, math.floor(pk[0, r] * q + 1e-6))
+        floor_cap[0, r] = lo / q
+        z_var[r] = n_vars
+        n_vars += 1
+        out.append(f"variables {{ domain: [{lo}, {hi}] }}")
+        hint_v.append(z_var[r])
+        hint_x.append(hi)
+    n_cons = 0
+    job_iv: dict[int, list[int]] = {}  # job -> indices of its interval constraints
+    for j in free:
+        c = model.jobs[j]
+        ivs = []
+        for t in runs[j].tolist():
+            t0 = int(t) + c.base
+            out.append(f"constraints {{ interval {{ start {{ vars: {pos[j]} coeffs: 1 offset: {t0} }} "
+                       f"end {{ vars: {pos[j]} coeffs: 1 offset: {t0 + c.dur} }} size {{ offset: {c.dur} }} }} }}")
+            ivs.append(n_cons)
+            n_cons += 1
+        job_iv[j] = ivs
+    for a in range(n_arr):
+        members = [j for j in free if (a == 0 or model.jobs[j].slot == a - 1) and job_iv[j]]
+        if not members:
+            continue
+        for r in (0, 1):
+            q = 1.0 if r == 0 else mem_q
+            ivs, dem = [], []
+            for j in members:
+                # Rounded down, like the fixed load: a sum of floors is at most the floor of the
+                # sum, so today's plan always fits (the re-simulation is exact anyway).
+                d = 1 if r == 0 else math.floor(model.jobs[j].mem * q + 1e-9)
+                ivs += job_iv[j]
+                dem += [d] * len(job_iv[j])
+            # The fixed load on the seconds the intervals can reach, as constant segments.
+            cap_lo = floor_cap[0, r] if a == 0 else pk[a, r]
+            binding = rest[a, r] + most[a, r] > cap_lo + 1e-6
+            if a > 0 and not binding.any():
+                continue  # this slot cannot exceed today's peak whatever the freed jobs do
+            vals = np.where(binding, np.floor(np.maximum(rest[a, r], 0.0) * q + 1e-6), 0).astype(np.int64)
+            cut = np.flatnonzero((np.diff(cells) != 1) | (np.diff(vals) != 0)) + 1
+            for seg_start, seg_end in zip(np.r_[0, cut], np.r_[cut, cells.size], strict=True) if cells.size else ():
+                v = int(vals[seg_start])
+                if v <= 0:
+                    continue
+                s0, n = int(cells[seg_start]), int(seg_end - seg_start)
+                out.append(f"constraints {{ interval {{ start {{ offset: {s0} }} end {{ offset: {s0 + n} }} "
+                           f"size {{ offset: {n} }} }} }}")
+                ivs.append(n_cons)
+                dem.append(v)
+                n_cons += 1
+            if a == 0:
+                cap = f"capacity {{ vars: {z_var[r]} coeffs: 1 }}"
+            else:
+                cap = f"capacity {{ offset: {math.floor(pk[a, r] * q + 1e-6)} }}"
+            demands = " ".join(f"demands {{ offset: {d} }}" for d in dem)
+            out.append(f"constraints {{ cumulative {{ {cap} intervals: [{', '.join(map(str, ivs))}] {demands} }} }}")
+            n_cons += 1
+    # Minimise the totals' normalised peaks (integer weights).
+    coeffs = [max(1, round(1e6 * inv[0, r] * res_w[r] / (1.0 if r == 0 else mem_q))) for r in (0, 1)]
+    out.append(f"objective {{ vars: [{z_var[0]}, {z_var[1]}] coeffs: [{coeffs[0]}, {coeffs[1]}] }}")
+    out.append(f"solution_hint {{ vars: [{', '.join(map(str, hint_v))}] values: [{', '.join(map(str, hint_x))}] }}")
+    return "\n".join(out), pos
 
 
 # --------------------------------------------------------------------------------------

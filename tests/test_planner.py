@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import json
 import math
+import time
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -208,6 +209,89 @@ def test_peer_load_is_fixed_and_counted_in_the_total_only():
     assert plan.after.peak_memory_mb == pytest.approx(1100)
     assert plan.after.slots["default"][1].max() == pytest.approx(100)
     assert plan.peer.peak_memory_mb == pytest.approx(1000)
+
+
+# --- exact polishing (CP-SAT, optional dependency) -----------------------------------------
+needs_cpsat = pytest.mark.skipif(planner._cpsat_module() is None, reason="OR-Tools is not installed")
+# Every phase bounded by counts, not by CPU time: the same input gives the same plan anywhere.
+COUNTED = {"lagrangian_s": 0.0, "ils_total_s": 0, "ils_min_s": 0, "rr_share": 1000.0,
+           "exact_total_s": 1000.0, "exact_rounds": 3, "exact_round_s": 1000.0, "exact_round_dt": 0.5}
+
+
+def crowded_0200() -> list[PlanJob]:
+    """Six 12 s daily jobs at 02:00 with windows of 60 s, one of them pinned at :00: 72 s of
+    work for starts in 0-59 (ends by 71 s), so some second carries two runs: optimum 2 runs,
+    and 500 MB (the largest job alone) if only the two lightest overlap."""
+    jobs = [PlanJob(name=f"d{i}", cron="0 2 * * *", duration_s=12, memory_mb=100.0 * (i + 1),
+                    slot=("a", "b")[i % 2]) for i in range(5)]
+    return jobs + [PlanJob(name="pin", cron="0 2 * * *", duration_s=12, memory_mb=50.0, slot="a", pinned=True)]
+
+
+@needs_cpsat
+def test_exact_phase_reaches_the_proven_optimum_from_the_worst_start():
+    jobs = crowded_0200()
+    model = planner._Model(jobs, [], DAY)
+    bound = planner._bounds(model, lagrangian_s=0.2)
+    assert (bound[0, 0], bound[0, 1]) == (2, pytest.approx(500))  # energetic 72/71 s; the largest job
+    start = np.zeros(len(jobs), dtype=np.int64)  # everything at :00: 6 runs, 1,550 MB
+    offsets, stats = planner._exact_polish(planner._cpsat_module(), model, bound, start, "balanced",
+                                           {"exact_rounds": 2, "exact_round_s": 1000.0, "exact_round_dt": 5.0},
+                                           time.process_time() + 120)
+    assert stats["exact_improved"] >= 1
+    assert offsets[-1] == 0 and all(0 <= o < 60 for o in offsets)  # the pinned job stays
+    runs, mem, _ = ref_simulate(jobs, [int(o) for o in offsets])
+    assert (runs.max(), mem.max()) == (2, pytest.approx(500))  # equal to the bound: optimal
+
+
+@needs_cpsat
+@pytest.mark.parametrize("seed", [1, 2])
+def test_exact_phase_keeps_pins_and_windows_and_is_deterministic(seed):
+    jobs, peer = small_workload(seed, n=40)
+    plan = planner.optimize(jobs, peer, day=DAY, time_budget_s=120, tune=COUNTED)
+    assert plan.stats["exact"] == "on" and plan.stats["exact_rounds"] >= 1
+    for job, offset in zip(jobs, plan.offsets, strict=True):
+        if job.pinned:
+            assert offset == job.wait_seconds % (job.interval_s or 10**9)
+        else:
+            assert 0 <= offset < min(job.window_s, job.interval_s or job.window_s)
+    runs, mem, slots = ref_simulate(jobs, plan.offsets, peer)
+    assert plan.after.peak_jobs == runs.max()
+    assert plan.after.peak_memory_mb == pytest.approx(mem.max())
+    for slot, (sj, sm) in slots.items():
+        assert plan.after.slots[slot][0].max() == sj.max()
+        assert plan.after.slots[slot][1].max() == pytest.approx(sm.max())
+    again = planner.optimize(jobs, peer, day=DAY, time_budget_s=120, tune=COUNTED)
+    assert again.offsets == plan.offsets
+
+
+@needs_cpsat
+@pytest.mark.parametrize("seed", [3, 5])
+def test_exact_phase_only_keeps_improvements(seed):
+    jobs, peer = small_workload(seed, n=40)
+    without = planner.optimize(jobs, peer, day=DAY, time_budget_s=120, tune={**COUNTED, "exact": False})
+    with_exact = planner.optimize(jobs, peer, day=DAY, time_budget_s=120, tune=COUNTED)
+    model = planner._Model(jobs, peer, DAY)
+    bound = planner._bounds(model, lagrangian_s=0.0)
+    inv = 1.0 / np.where(bound > 0, bound, 1.0)
+
+    def key(offsets):
+        return planner._objective_key(planner._load_arrays(model, np.array(offsets)), inv, "balanced")
+
+    # Phases 1-4 are the same (all counted); the exact phase keeps only plans that score better.
+    assert key(with_exact.offsets) <= key(without.offsets)
+    assert (key(with_exact.offsets) < key(without.offsets)) == (with_exact.stats["exact_improved"] > 0)
+
+
+def test_planner_falls_back_to_the_local_search_without_or_tools(monkeypatch):
+    monkeypatch.setattr(planner, "_cpsat_module", lambda: None)
+    jobs, peer = small_workload(4, n=30)
+    plan = planner.optimize(jobs, peer, day=DAY)
+    assert plan.stats["exact"] == "unavailable" and "exact_rounds" not in plan.stats
+    assert plan.stats["ils_rounds"] > 0  # the randomised search had the whole budget
+    runs, mem, _ = ref_simulate(jobs, plan.offsets, peer)
+    assert plan.after.peak_jobs == runs.max() <= plan.before.peak_jobs
+    off = planner.optimize(jobs, peer, day=DAY, tune={"exact": False, "ils_total_s": 0, "ils_min_s": 0})
+    assert off.stats["exact"] == "off"
 
 
 def test_cron_ticks_follow_croniter_in_a_timezone():
