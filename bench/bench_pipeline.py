@@ -106,6 +106,7 @@ def main() -> None:
                     slot_name="bench") for i in range(n)])
         ids = [run.pk for run in runs] if runs[0].pk else list(
             JobRun.objects.filter(scheduled_for__gte=base).values_list("pk", flat=True))
+        print(f"  tracked round: dispatching {n} runs", flush=True)
         t0 = time.perf_counter()
         for run in JobRun.objects.filter(pk__in=ids):
             dispatch(run)

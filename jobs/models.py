@@ -462,13 +462,19 @@ class JobRun(models.Model):
         """
         if isinstance(from_states, str):
             from_states = (from_states,)
-        n = JobRun.objects.filter(pk=self.pk, state__in=from_states).update(state=to_state, **fields)
+        n = _fenced_update(self.pk, from_states, {"state": to_state, **fields})
         if n == 1:
             self.state = to_state
             for key, value in fields.items():
                 setattr(self, key, value)
             return True
         return False
+
+
+def _fenced_update(pk: int, from_states: tuple[str, ...], values: dict) -> int:
+    from jobs.queries import update_row
+
+    return update_row(JobRun, pk, values, state_in=from_states)
 
 
 class JobDependency(models.Model):

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from jobs import alerts, hooks
 from jobs.models import ACTIVE_STATES, FAILURE_STATES, Alert, Job, JobRun, RunState
+from jobs.queries import update_row
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def record_finished(run: JobRun) -> None:
         open_alerts[type_] = raised.severity if raised is not None else severity
 
     if run.state == RunState.SUCCEEDED:
-        Job.objects.filter(pk=job.pk).update(consecutive_failures=0, last_success_at=run.finished_at or now, **fields)
+        update_row(Job, job.pk, {"consecutive_failures": 0, "last_success_at": run.finished_at or now, **fields})
         recovered = [t for t in RECOVERED_TYPES if t in open_alerts]
         if recovered:
             alerts.resolve_alerts(job, recovered)
@@ -115,11 +116,11 @@ def record_finished(run: JobRun) -> None:
         detail = run.error or (f"exit code {run.exit_code}" if run.exit_code is not None else run.state)
         alert(type_, Alert.Severity.ERROR, f"{job.name}: run {run.pk} {run.state}: {detail}")
     elif run.state == RunState.MISSED:
-        Job.objects.filter(pk=job.pk).update(**fields)
+        update_row(Job, job.pk, fields)
         alert(Alert.Type.MISSED, Alert.Severity.WARNING,
               f"{job.name}: run planned for {run.scheduled_for:%Y-%m-%d %H:%M:%S} UTC missed: {run.error}")
     else:
-        Job.objects.filter(pk=job.pk).update(**fields)
+        update_row(Job, job.pk, fields)
     if run.state in FAILURE_STATES and run.attempt <= job.max_retries:
         schedule_retry(run)
     hooks.run_finished(run)

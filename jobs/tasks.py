@@ -15,7 +15,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from jobs import services
+from jobs import queries, services
 from jobs.interpreters import SYSTEM_PATH
 from jobs.models import Job, JobRun, RunState
 from jobs.paths import PathNotAllowed, check_script_path
@@ -71,7 +71,7 @@ def start(run_id: int, chain: str | None = None, attempt: int = 0, kick: bool = 
     an ETA task on a slot queue), backing off from ADMISSION_RETRY_MS; ``kick`` is a
     single extra attempt (a place was freed) that never starts a chain of its own.
     """
-    run = JobRun.objects.select_related("job", "job__slot").filter(pk=run_id).first()
+    run = queries.run_with_job.first(run_id)
     if run is None or run.is_final or run.state in (RunState.ADMITTED, RunState.RUNNING):
         return "nothing to do"
     now = timezone.now()
@@ -166,7 +166,7 @@ def _run_user(job: Job) -> tuple[str | None, str]:
 @shared_task(name="jobs.execute", ignore_result=True, acks_late=True)
 def execute(run_id: int) -> str:
     """On the slot worker: wait for the planned second, run the script, record the outcome."""
-    run = JobRun.objects.select_related("job", "job__slot").filter(pk=run_id).first()
+    run = queries.run_with_job.first(run_id)
     if run is None or run.state != RunState.ADMITTED:
         return "fenced: not admitted"
     job = run.job
