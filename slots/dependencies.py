@@ -38,8 +38,10 @@ log = logging.getLogger(__name__)
 # process.  A change bumps a generation counter in Redis when it commits; a cached copy
 # is trusted for LINKS_CACHE_SECONDS, then kept if the generation is unchanged (one GET)
 # or reloaded.  So a link added in the admin applies everywhere within that time, and
-# the common "this job has no links" costs no query per run.
+# the common "this job has no links" costs no query per run.  A change that sends no
+# signal (a queryset update, raw SQL) is picked up by the reload every LINKS_RELOAD_SECONDS.
 LINKS_CACHE_SECONDS = 0.25
+LINKS_RELOAD_SECONDS = 30.0
 LINKS_GENERATION_KEY = "smartcron:links:generation"
 _links_cache: dict[str, tuple] = {}
 _links_lock = threading.Lock()
@@ -59,12 +61,13 @@ def link_rows() -> tuple[tuple[int, int, str, bool], ...]:
     if hit is not None and now - hit[0] < LINKS_CACHE_SECONDS:
         return hit[2]
     generation = _generation()
-    if hit is not None and hit[1] == generation:
-        rows = hit[2]
+    if hit is not None and hit[1] == generation and now - hit[3] < LINKS_RELOAD_SECONDS:
+        rows, loaded = hit[2], hit[3]
     else:
         rows = tuple(JobDependency.objects.values_list("job_id", "depends_on_id", "kind", "trigger_on_success"))
+        loaded = now
     with _links_lock:
-        _links_cache["rows"] = (now, generation, rows)
+        _links_cache["rows"] = (now, generation, rows, loaded)
     return rows
 
 

@@ -567,3 +567,32 @@ def test_release_wakes_the_waiting_runs_the_room_fits(store, slots, monkeypatch)
     # A mark lasts a couple of seconds at most: a lost wake is not lost for long.
     time.sleep(2.1)
     assert store.fits("wake", max_jobs=3, memory_budget_mb=1000, cpu_budget=100, mark_s=0.1) == [3, 4]
+
+
+def test_link_cache_sees_changes_of_this_and_other_processes(make_job, redis_client, monkeypatch):
+    a, b, c = make_job("lk-a"), make_job("lk-b"), make_job("lk-c")
+    assert not dependencies.has_links(a.pk) and dependencies.links_of(a) == []
+    # This process: a saved link applies at once (the signal drops the cached copy).
+    JobDependency.objects.create(job=a, depends_on=b, kind=JobDependency.Kind.OPTIONAL)
+    assert dependencies.has_links(a.pk) and dependencies.has_links(b.pk)
+    assert [d.depends_on_id for d in dependencies.links_of(a)] == [b.pk]
+    assert dependencies.related_job_ids(b.pk) == sorted([a.pk, b.pk])
+    # Another process's change (no signal here): the generation it bumped makes the copy reload
+    # once the copy's time is up.
+    monkeypatch.setattr(dependencies, "LINKS_CACHE_SECONDS", 0.05)
+    assert not dependencies.has_links(c.pk)
+    JobDependency.objects.bulk_create([JobDependency(job=c, depends_on=b, kind=JobDependency.Kind.BLOCKING)])
+    assert not dependencies.has_links(c.pk)  # still the cached copy
+    redis_client.incr(dependencies.LINKS_GENERATION_KEY)
+    time.sleep(0.06)
+    assert dependencies.has_links(c.pk)
+    # A change that bumped nothing (a queryset update) is picked up by the periodic reload.
+    JobDependency.objects.filter(job=c).update(kind=JobDependency.Kind.OPTIONAL)
+    time.sleep(0.06)
+    assert dependencies.related_job_ids(c.pk) == sorted([b.pk, c.pk])  # still the old (blocking) kind
+    monkeypatch.setattr(dependencies, "LINKS_RELOAD_SECONDS", 0.05)
+    time.sleep(0.06)
+    assert dependencies.related_job_ids(c.pk) == [c.pk]  # now c merely follows b
+    assert dependencies.related_job_ids(b.pk) == sorted([a.pk, b.pk, c.pk])
+    assert [row[2] for row in dependencies.link_rows() if row[0] == c.pk] == [JobDependency.Kind.OPTIONAL]
+    dependencies._links_cache.clear()  # the next test's database starts empty
