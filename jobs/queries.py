@@ -108,7 +108,8 @@ def update_row(model: type[Model], pk, values: dict, *, state_in: tuple[str, ...
     if sql is None:
         qn = connection.ops.quote_name
         assignments = ", ".join(f"{qn(f.column)} = %s" for f in fields)
-        sql = f"UPDATE {qn(meta.db_table)} SET {assignments} WHERE {qn(meta.pk.column)} = %s"
+        # Only the model's own table and column names (quoted) go into the text; values are parameters.
+        sql = f"UPDATE {qn(meta.db_table)} SET {assignments} WHERE {qn(meta.pk.column)} = %s"  # noqa: S608
         if state_in is not None:
             sql += f" AND {qn(meta.get_field('state').column)} IN ({', '.join(['%s'] * len(state_in))})"
         _UPDATE_SQL[shape] = sql

@@ -4,10 +4,9 @@ import datetime as dt
 
 import pytest
 from django.db import transaction
-
-from jobs import queries
 from django.db.models import F
 
+from jobs import queries
 from jobs.models import Job, JobRun, RunState
 
 pytestmark = pytest.mark.django_db
