@@ -97,14 +97,17 @@ def samples(job_id: int, latest: Sequence[tuple[float | None, float | None]] | N
         timed = [row for row in latest if row[0] is not None]
         if len(timed) >= size or len(latest) < latest_limit:
             return timed[:size]
-    return list(JobRun.objects.filter(job_id=job_id, state=RunState.SUCCEEDED, duration_s__isnull=False)
-                .order_by("-scheduled_for").values_list("duration_s", "peak_memory_mb")[:size])
+    from jobs.stats import latest_successes
+
+    return latest_successes(job_id, size, timed_only=True)
 
 
 def _store_on_job(job: Job, baseline: Baseline, now: dt.datetime | None) -> None:
+    from jobs.stats import update_sql
+
     fields = {**baseline.as_fields(), "baseline_updated_at": now or timezone.now()}
-    # A queryset update: no post_save, so the beat sync is not involved.
-    Job.objects.filter(pk=job.pk).update(**fields)
+    # A plain UPDATE: no post_save, so the beat sync is not involved.
+    update_sql(Job, {"id": job.pk}, sets=fields)
     for key, value in fields.items():
         setattr(job, key, value)
 
@@ -144,8 +147,10 @@ def maybe_recompute(job: Job, *, now: dt.datetime | None = None, counted: int | 
     fields: dict[str, float | int | None] = {"runs_since_baseline": 0}
     if baseline is not None:
         fields.update(_reference_fields(baseline))
-    claimed = JobStats.objects.filter(job_id=job.pk, runs_since_baseline__gte=conf.BASELINE_EVERY_RUNS).update(
-        **fields)
+    from jobs.stats import update_sql
+
+    claimed = update_sql(JobStats, {"job_id": job.pk}, sets=fields,
+                         at_least={"runs_since_baseline": conf.BASELINE_EVERY_RUNS})
     if not claimed or baseline is None:
         return None
     _store_on_job(job, baseline, now)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -77,14 +78,29 @@ def percentile_from_bins(counts: Sequence[int], edges: Sequence[float], q: float
     return observed_max
 
 
-def latest_successes(job_id: int, limit: int) -> list[tuple[float | None, float | None]]:
-    """(duration, peak memory) of the job's latest ``limit`` successful runs, newest first.
+def latest_successes(job_id: int, limit: int, *, timed_only: bool = False) -> list[tuple[float | None, float | None]]:
+    """(duration, peak memory) of the job's latest ``limit`` successful runs, newest first
+    (``timed_only``: only runs with a duration).
 
     One backwards range read of the unique (job, scheduled_for) index, skipping the few
-    runs that did not succeed; serves both the trend window and the baseline.
+    runs that did not succeed; serves both the trend window and the baseline.  (An index
+    on (job, state, scheduled_for) would save reading those few, at the price of one more
+    index to maintain on every state change of every run.)
     """
-    return list(JobRun.objects.filter(job_id=job_id, state=RunState.SUCCEEDED)
-                .order_by("-scheduled_for").values_list("duration_s", "peak_memory_mb")[:limit])
+    with connection.cursor() as cursor:
+        cursor.execute(_latest_successes_sql(connection.vendor, timed_only),
+                       [job_id, str(RunState.SUCCEEDED), int(limit)])
+        return [(d, m) for d, m in cursor.fetchall()]
+
+
+@functools.lru_cache(maxsize=8)
+def _latest_successes_sql(vendor: str, timed_only: bool) -> str:
+    """SELECT duration, peak memory of a job's latest successes (plain SQL: this runs for every
+    successful run, and compiling the queryset costs more than running it)."""
+    qn = connection.ops.quote_name
+    timed = f" AND {qn('duration_s')} IS NOT NULL" if timed_only else ""
+    return (f"SELECT {qn('duration_s')}, {qn('peak_memory_mb')} FROM {qn(JobRun._meta.db_table)} "  # noqa: S608
+            f"WHERE {qn('job_id')} = %s AND {qn('state')} = %s{timed} ORDER BY {qn('scheduled_for')} DESC LIMIT %s")
 
 
 def summarise_recent(rows: Sequence[tuple[float | None, float | None]]) -> tuple[int, float | None, float | None]:
@@ -107,19 +123,25 @@ def _prep(field, value: Any) -> Any:
     return field.get_db_prep_save(value, connection)
 
 
-def _update_sql(model, keys: dict[str, Any], incs: dict[str, float], maxes: dict[str, float],
-                sets: dict[str, Any]) -> int:
-    """One parameterised ``UPDATE``: col = col + x, col = max(col, x), col = value.
+def update_sql(model, keys: dict[str, Any], incs: dict[str, float] | None = None,
+               maxes: dict[str, float] | None = None, sets: dict[str, Any] | None = None, *,
+               at_least: dict[str, float] | None = None) -> int:
+    """One parameterised ``UPDATE`` of the rows matching ``keys`` (and col >= x for each of
+    ``at_least``): col = col + x, col = max(col, x), col = value.  Returns the rows matched.
 
-    Only for backends without a single-statement upsert (see :func:`upsert`).
+    Plain SQL for the per-run path (see :func:`upsert`); the upsert of backends without a
+    single-statement form uses it too.
     """
     qn = connection.ops.quote_name
     field = model._meta.get_field
-    parts, params = _assignments(model, incs, maxes, sets)
+    parts, params = _assignments(model, incs or {}, maxes or {}, sets or {})
     where = []
     for col, value in keys.items():
         where.append(f"{qn(field(col).column)} = %s")
         params.append(_prep(field(col), value))
+    for col, value in (at_least or {}).items():
+        where.append(f"{qn(field(col).column)} >= %s")
+        params.append(value)
     # Identifiers come from our own model definitions only; every value is a parameter.
     sql = f"UPDATE {qn(model._meta.db_table)} SET {', '.join(parts)} WHERE {' AND '.join(where)}"  # noqa: S608
     with connection.cursor() as cursor:
@@ -151,36 +173,56 @@ def _assignments(model, incs: dict[str, float], maxes: dict[str, float],
     return parts, params
 
 
-# (model, vendor, key/inc/max/set columns) -> (SQL, the inserted fields)
-_UPSERT_SQL: dict[tuple, tuple[str, list[Any]]] = {}
+def _literal(value: Any) -> str | None:
+    """SQL text of a constant model default (None: pass it as a parameter)."""
+    if value is None:
+        return "NULL"
+    if type(value) in (int, float):
+        return repr(value)
+    return None
 
 
-def _upsert_statement(model, keys: Iterable[str], incs: Iterable[str], maxes: Iterable[str],
-                      sets: Iterable[str]) -> tuple[str, list[Any]]:
-    vendor = connection.vendor
-    cache_key = (model, vendor, tuple(keys), tuple(incs), tuple(maxes), tuple(sets))
-    cached = _UPSERT_SQL.get(cache_key)
-    if cached is not None:
-        return cached
+@functools.lru_cache(maxsize=512)  # one shape per state and histogram bins hit: few per job
+def _upsert_statement(model, vendor: str, keys: tuple[str, ...], incs: tuple[str, ...], maxes: tuple[str, ...],
+                      sets: tuple[str, ...]) -> tuple[str, list[tuple[str, str, Any]]]:
+    """The upsert SQL and its parameter plan: (attname, kind, field or default)."""
     qn = connection.ops.quote_name
     # Every concrete column but an auto-increment id: the model's defaults are Python-side,
-    # so the INSERT names them all (NOT NULL columns have no database default).
+    # so the INSERT names them all (NOT NULL columns have no database default).  Constant
+    # numeric defaults are written into the SQL: ~90 parameters fewer to escape per run.
     fields = [f for f in model._meta.concrete_fields if not (f.primary_key and f.attname not in keys)]
-    columns = ", ".join(qn(f.column) for f in fields)
-    values = ", ".join(["%s"] * len(fields))
-    table = qn(model._meta.db_table)
-    # The SET clause's parameters are appended per call; only its shape is cached here.
+    values: list[str] = []
+    plan: list[tuple[str, str, Any]] = []
+    for f in fields:
+        name = f.attname
+        kind = ("key" if name in keys else "set" if name in sets else "inc" if name in incs
+                else "max" if name in maxes else "default")
+        if kind in ("inc", "max"):
+            plan.append((name, kind, f.get_default()))
+        elif kind == "default" and not (f.has_default() and callable(f.default)):
+            literal = _literal(f.get_default())
+            if literal is not None:
+                values.append(literal)
+                continue
+            plan.append((name, kind, f))
+        else:
+            plan.append((name, kind, f))
+        values.append("%s")
+    # SET clause: col = col + %s, col = CASE WHEN col < %s THEN %s ELSE col END, col = %s.
     parts, _ = _assignments(model, dict.fromkeys(incs, 0), dict.fromkeys(maxes, 0), dict.fromkeys(sets))
+    plan += [(name, "inc_by", None) for name in incs]
+    plan += [(name, "max_by", None) for name in maxes]
+    plan += [(name, "set", model._meta.get_field(name)) for name in sets]
     if vendor == "mysql":
         # Without VALUES()/row aliases: they differ between MySQL 8 and MariaDB.
         tail = f"ON DUPLICATE KEY UPDATE {', '.join(parts)}"
     else:  # sqlite (>= 3.24); the target is the unique key (any column order)
         target = ", ".join(qn(model._meta.get_field(k).column) for k in keys)
         tail = f"ON CONFLICT ({target}) DO UPDATE SET {', '.join(parts)}"
-    # Identifiers come from our own model definitions only; every value is a parameter.
-    sql = f"INSERT INTO {table} ({columns}) VALUES ({values}) {tail}"  # noqa: S608
-    _UPSERT_SQL[cache_key] = (sql, fields)
-    return sql, fields
+    # Identifiers and literals come from our own model definitions only; every value is a parameter.
+    sql = (f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "  # noqa: S608
+           f"VALUES ({', '.join(values)}) {tail}")
+    return sql, plan
 
 
 def upsert(model, keys: dict[str, Any], incs: dict[str, float] | None = None,
@@ -199,31 +241,32 @@ def upsert(model, keys: dict[str, Any], incs: dict[str, float] | None = None,
     """
     incs, maxes, sets = incs or {}, maxes or {}, sets or {}
     if connection.vendor not in ("mysql", "sqlite"):
-        if _update_sql(model, keys, incs, maxes, sets):
+        if update_sql(model, keys, incs, maxes, sets):
             return
         try:
             with transaction.atomic():
                 model.objects.create(**keys)
         except IntegrityError:
             pass  # created concurrently by another worker: fine, update it
-        _update_sql(model, keys, incs, maxes, sets)
+        update_sql(model, keys, incs, maxes, sets)
         return
-    sql, fields = _upsert_statement(model, keys, incs, maxes, sets)
+    sql, plan = _upsert_statement(model, connection.vendor, tuple(keys), tuple(incs), tuple(maxes), tuple(sets))
     params: list[Any] = []
-    for f in fields:
-        name = f.attname
-        if name in keys:
-            value = keys[name]
-        elif name in sets:
-            value = sets[name]
-        elif name in incs:
-            value = f.get_default() + incs[name]
-        elif name in maxes:
-            value = max(f.get_default(), maxes[name])
-        else:
-            value = f.get_default()
-        params.append(_prep(f, value))
-    params += _assignments(model, incs, maxes, sets)[1]
+    for name, kind, extra in plan:
+        if kind == "inc":
+            params.append(extra + incs[name])
+        elif kind == "inc_by":
+            params.append(incs[name])
+        elif kind == "max":
+            params.append(max(extra, maxes[name]))
+        elif kind == "max_by":
+            params += [maxes[name], maxes[name]]
+        elif kind == "key":
+            params.append(_prep(extra, keys[name]))
+        elif kind == "set":
+            params.append(_prep(extra, sets[name]))
+        else:  # a default that is not a constant number (callable, text)
+            params.append(_prep(extra, extra.get_default()))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
 
