@@ -294,6 +294,12 @@ def test_planner_falls_back_to_the_local_search_without_or_tools(monkeypatch):
     assert off.stats["exact"] == "off"
 
 
+def test_exact_phase_is_skipped_when_the_budget_has_no_room_for_it():
+    jobs, peer = small_workload(4, n=30)
+    plan = planner.optimize(jobs, peer, day=DAY, tune={"exact_total_s": 0.01, "ils_total_s": 0, "ils_min_s": 0})
+    assert plan.stats["exact"] == "no time" and "exact_rounds" not in plan.stats
+
+
 def test_cron_ticks_follow_croniter_in_a_timezone():
     job = PlanJob(name="tz", cron="30 2,14 * * *", tz="Europe/Paris", duration_s=5)
     ticks = planner._cron_ticks(job.cron, job.tz, DAY).tolist()
