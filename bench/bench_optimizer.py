@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python bench/bench_optimizer.py [--sizes 50,300,10000] [--seed N] [--samples N]
+    .venv/bin/python bench/bench_optimizer.py [--sizes 50,300,10000] [--seed N] [--samples N] [--tune JSON]
 
 For each size it builds a workload the way people write crontabs (mostly at minute 0:
 hourly, */5, */15, every minute, daily at 02:00 and 04:00, every 4 hours, a few
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 import time
 import zlib
@@ -115,7 +116,7 @@ def fmt_ratio(r: tuple[float, float]) -> str:
     return f"{r[0]:5.2f} / {r[1]:5.2f}"
 
 
-def run(size: int, seed: int, samples: int) -> dict:
+def run(size: int, seed: int, samples: int, tune: dict | None = None) -> dict:
     jobs = workload(size, seed)
     peer = peer_workload(size, seed)
     bound = planner.lower_bound(jobs, peer, day=DAY)
@@ -130,7 +131,7 @@ def run(size: int, seed: int, samples: int) -> dict:
     for label, how in (("all at :00", "zero"), ("hash H(name) mod 60", "hash"), ("random jitter", "random")):
         rows[label] = ratios(strategy_offsets(jobs, how, rng))
     t0, c0 = time.perf_counter(), time.process_time()
-    plan = planner.optimize(jobs, peer, day=DAY)
+    plan = planner.optimize(jobs, peer, day=DAY, tune=tune)
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     rows["ours (p95 plan)"] = plan.ratio(plan.after)
     check = ratios(plan.offsets)
@@ -159,13 +160,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="50,300,10000", help="Comma-separated job counts (default 50,300,10000).")
     parser.add_argument("--seed", type=int, default=1, help="Random seed of the workloads (default 1).")
     parser.add_argument("--samples", type=int, default=3, help="Duration-variation samples per plan (default 3).")
+    parser.add_argument("--tune", type=json.loads, default=None,
+                        help='JSON passed to planner.optimize(tune=...) for our plan, e.g. \'{"exact": false}\'.')
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     print(f"Load planner benchmark (seed {args.seed}, {args.samples} variation samples; "
           "figures are peak / lower bound, runs / memory)\n")
     for size in sizes:
         t0 = time.perf_counter()
-        res = run(size, args.seed, args.samples)
+        res = run(size, args.seed, args.samples, args.tune)
         b = res["bound"]
         plan = res["plan"]
         e = res["energetic"]
