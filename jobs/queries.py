@@ -28,53 +28,93 @@ from django.db.models.query import get_related_populators
 SENTINEL = -987654321
 
 
-class Prepared:
+class _Compiled:
+    """A one-parameter queryset compiled once per thread and database alias."""
+
     def __init__(self, build: Callable[[object], QuerySet]) -> None:
         """``build(value)``: the queryset for one parameter value (filtered on it, nothing else)."""
         self.build = build
         self._local = threading.local()
         self._model: type[Model] | None = None
 
-    def _entry(self, alias: str):
+    def _alias_and_entry(self):
+        if self._model is None:
+            self._model = self.build(SENTINEL).model
+        alias = router.db_for_read(self._model)
         cache = getattr(self._local, "cache", None)
         if cache is None:
             cache = self._local.cache = {}
         if alias not in cache:
             cache[alias] = self._compile(alias)
-        return cache[alias]
+        return alias, cache[alias]
+
+    def _queryset(self, value) -> QuerySet:
+        return self.build(value)
 
     def _compile(self, alias: str):
-        queryset = self.build(SENTINEL)[:1]
-        compiler = queryset.query.get_compiler(using=alias)
+        compiler = self._queryset(SENTINEL).query.get_compiler(using=alias)
         sql, params = compiler.as_sql()
         if list(params) != [SENTINEL]:
             return None  # not a one-parameter query: the ORM path
+        columns = [column[0] for column in compiler.select[0:compiler.col_count]]
+        if compiler.has_composite_fields(columns):
+            return None
+        # What results_iter would work out again on every call.
+        return compiler, sql, compiler.get_converters(columns)
+
+    def _rows(self, alias: str, entry, value, *, one: bool) -> list:
+        compiler, sql, converters = entry[:3]
+        with connections[alias].cursor() as cursor:
+            cursor.execute(sql, [value])
+            rows = cursor.fetchmany(1) if one else cursor.fetchall()
+        if converters and rows:
+            rows = list(compiler.apply_converters(rows, converters))
+        return rows
+
+
+class Prepared(_Compiled):
+    """Model instances (with their ``select_related`` objects) of a one-parameter query."""
+
+    def _queryset(self, value) -> QuerySet:
+        return self.build(value)[:1]
+
+    def _compile(self, alias: str):
+        base = super()._compile(alias)
+        if base is None:
+            return None
+        compiler = base[0]
         klass_info, select = compiler.klass_info, compiler.select
         start, end = klass_info["select_fields"][0], klass_info["select_fields"][-1] + 1
         init_list = [column[0].target.attname for column in select[start:end]]
-        populators = get_related_populators(klass_info, select, alias)
-        return compiler, sql, klass_info["model"], start, end, init_list, populators
+        return (*base, klass_info["model"], start, end, init_list, get_related_populators(klass_info, select, alias))
 
     def first(self, value) -> Model | None:
-        """The first row for ``value`` as a model instance (related objects filled in), or None."""
-        if self._model is None:
-            self._model = self.build(SENTINEL).model
-        alias = router.db_for_read(self._model)
-        entry = self._entry(alias)
+        """The first row for ``value`` as a model instance (related objects filled in), or None.
+
+        As unordered as the queryset: meant for a filter on a unique column.
+        """
+        alias, entry = self._alias_and_entry()
         if entry is None:
             return self.build(value).first()
-        compiler, sql, model_cls, start, end, init_list, populators = entry
-        with connections[alias].cursor() as cursor:
-            cursor.execute(sql, [value])
-            row = cursor.fetchone()
-        if row is None:
+        rows = self._rows(alias, entry, value, one=True)
+        if not rows:
             return None
-        for converted in compiler.results_iter([[row]]):
-            obj = model_cls.from_db(alias, init_list, converted[start:end])
-            for populator in populators:
-                populator.populate(converted, obj)
-            return obj
-        return None
+        row = rows[0]
+        model_cls, start, end, init_list, populators = entry[3:]
+        obj = model_cls.from_db(alias, init_list, row[start:end])
+        for populator in populators:
+            populator.populate(row, obj)
+        return obj
+
+
+class PreparedValues(_Compiled):
+    """The rows (tuples) of a one-parameter ``values_list`` query."""
+
+    def rows(self, value) -> list[tuple]:
+        alias, entry = self._alias_and_entry()
+        if entry is None:
+            return list(self.build(value))
+        return [tuple(row) for row in self._rows(alias, entry, value, one=False)]
 
 
 _UPDATE_SQL: dict[tuple, str] = {}
@@ -125,5 +165,13 @@ def _run_with_job_and_slot(pk) -> QuerySet:
     return JobRun.objects.select_related("job", "job__slot").filter(pk=pk)
 
 
+def _open_alerts(job_id) -> QuerySet:
+    from jobs.models import Alert
+
+    return Alert.objects.filter(job_id=job_id, resolved_at__isnull=True).values_list("type", "severity")
+
+
 # A run with its job and the job's slot: what the start and execute tasks read first.
 run_with_job = Prepared(_run_with_job_and_slot)
+# (type, severity) of a job's open alerts: read once after every run.
+open_alerts = PreparedValues(_open_alerts)

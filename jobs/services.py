@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from jobs import alerts, hooks
+from jobs import alerts, hooks, queries
 from jobs.models import ACTIVE_STATES, FAILURE_STATES, Alert, Job, JobRun, RunState
 from jobs.queries import update_row
 
@@ -91,8 +91,7 @@ def record_finished(run: JobRun) -> None:
     job = run.job
     now = timezone.now()
     fields = {"last_run_at": run.finished_at or now, "last_state": run.state}
-    open_alerts: dict[str, str] = dict(
-        Alert.objects.filter(job_id=job.pk, resolved_at__isnull=True).values_list("type", "severity"))
+    open_alerts: dict[str, str] = dict(queries.open_alerts.rows(job.pk))
     run.open_alerts = open_alerts
 
     def alert(type_: str, severity: str, message: str) -> None:

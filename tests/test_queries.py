@@ -66,3 +66,21 @@ def test_update_row_takes_plain_values_fast_and_expressions_through_the_orm(make
     assert queries.update_row(Job, job.pk + 999, {"last_state": "failed"}) == 0
     stored = Job.objects.get(pk=job.pk)
     assert (stored.last_run_at, stored.last_state, stored.consecutive_failures) == (when, "succeeded", 2)
+
+
+def test_prepared_values_match_the_orm(make_job):
+    from jobs.models import Alert
+
+    job, other = make_job("vals"), make_job("vals2")
+    Alert.objects.create(job=job, type=Alert.Type.FAILURE, severity=Alert.Severity.ERROR, message="m")
+    Alert.objects.create(job=job, type=Alert.Type.TIMEOUT, severity=Alert.Severity.WARNING, message="m",
+                         resolved_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    Alert.objects.create(job=other, type=Alert.Type.MISSED, severity=Alert.Severity.WARNING, message="m")
+    for _ in range(2):
+        assert dict(queries.open_alerts.rows(job.pk)) == {Alert.Type.FAILURE: Alert.Severity.ERROR}
+    assert queries.open_alerts.rows(job.pk + 999) == []
+    stamps = queries.PreparedValues(lambda pk: Alert.objects.filter(job_id=pk).order_by("pk")
+                                    .values_list("resolved_at", "message"))
+    assert stamps.rows(job.pk) == list(Alert.objects.filter(job_id=job.pk).order_by("pk")
+                                       .values_list("resolved_at", "message"))
+    assert stamps.rows(job.pk)[1][0] == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # converters applied
