@@ -1131,7 +1131,12 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     ``rounds`` cap the two local-search phases (deterministic); ``time_budget_s`` (CPU
     seconds) stops the passes on very large inputs.  Peer jobs are fixed load in the
     totals.  ``tune`` overrides search constants for experiments (``beta``,
-    ``beta_end``, ``radii``, ``max_lift``, ``rr_share``).
+    ``beta_end``, ``radii``, ``max_lift``, ``rr_share``, ``ils_total_s``, ``ils_min_s``,
+    ``lagrangian_s``) and of the exact phase (``exact``: False turns it off,
+    ``exact_total_s``, ``exact_jobs``, ``exact_radius``, ``exact_rounds``,
+    ``exact_round_s``, ``exact_round_dt``, ``exact_lazy``; see :func:`_exact_polish`).
+    ``stats["exact"]`` says whether it ran: ``on``, ``off``, ``no time`` or
+    ``unavailable`` (OR-Tools not installed).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
