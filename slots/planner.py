@@ -1132,7 +1132,8 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     seconds) stops the passes on very large inputs.  Peer jobs are fixed load in the
     totals.  ``tune`` overrides search constants for experiments (``beta``,
     ``beta_end``, ``radii``, ``max_lift``, ``rr_share``, ``ils_total_s``, ``ils_min_s``,
-    ``lagrangian_s``) and of the exact phase (``exact``: False turns it off,
+    ``lagrangian_s``) and of the exact phase (``exact``: True turns it on, off by default:
+    see docs/planning.md, "Algorithm", step 5;
     ``exact_total_s``, ``exact_jobs``, ``exact_radius``, ``exact_rounds``,
     ``exact_round_s``, ``exact_round_dt``, ``exact_lazy``; see :func:`_exact_polish`).
     ``stats["exact"]`` says whether it ran: ``on``, ``off``, ``no time`` or
@@ -1262,7 +1263,7 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     cpu_now = time.process_time()
     # 5. (below) needs OR-Tools; without it the randomised search keeps all the time.
     exact_status = None
-    use_exact = (bool(cfg.get("exact", True)) and len(jobs) <= int(cfg.get("exact_max_jobs", EXACT_MAX_JOBS))
+    use_exact = (bool(cfg.get("exact", False)) and len(jobs) <= int(cfg.get("exact_max_jobs", EXACT_MAX_JOBS))
                  and float(cfg.get("exact_total_s", SEARCH_TOTAL_S)) > 0 and any(c.window > 1 and not c.fixed
                                                                                 for c in model.jobs))
     exact_end = min(deadline, cpu0 + float(cfg.get("exact_total_s", SEARCH_TOTAL_S)))

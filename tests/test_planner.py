@@ -214,7 +214,7 @@ def test_peer_load_is_fixed_and_counted_in_the_total_only():
 # --- exact polishing (CP-SAT, optional dependency) -----------------------------------------
 needs_cpsat = pytest.mark.skipif(planner._cpsat_module() is None, reason="OR-Tools is not installed")
 # Every phase bounded by counts, not by CPU time: the same input gives the same plan anywhere.
-COUNTED = {"lagrangian_s": 0.0, "ils_total_s": 0, "ils_min_s": 0, "rr_share": 1000.0,
+COUNTED = {"lagrangian_s": 0.0, "ils_total_s": 0, "ils_min_s": 0, "rr_share": 1000.0, "exact": True,
            "exact_total_s": 1000.0, "exact_rounds": 3, "exact_round_s": 1000.0, "exact_round_dt": 0.5}
 
 
@@ -285,18 +285,19 @@ def test_exact_phase_only_keeps_improvements(seed):
 def test_planner_falls_back_to_the_local_search_without_or_tools(monkeypatch):
     monkeypatch.setattr(planner, "_cpsat_module", lambda: None)
     jobs, peer = small_workload(4, n=30)
-    plan = planner.optimize(jobs, peer, day=DAY)
+    plan = planner.optimize(jobs, peer, day=DAY, tune={"exact": True})
     assert plan.stats["exact"] == "unavailable" and "exact_rounds" not in plan.stats
     assert plan.stats["ils_rounds"] > 0  # the randomised search had the whole budget
     runs, mem, _ = ref_simulate(jobs, plan.offsets, peer)
     assert plan.after.peak_jobs == runs.max() <= plan.before.peak_jobs
-    off = planner.optimize(jobs, peer, day=DAY, tune={"exact": False, "ils_total_s": 0, "ils_min_s": 0})
-    assert off.stats["exact"] == "off"
+    off = planner.optimize(jobs, peer, day=DAY, tune={"ils_total_s": 0, "ils_min_s": 0})
+    assert off.stats["exact"] == "off"  # the default
 
 
 def test_exact_phase_is_skipped_when_the_budget_has_no_room_for_it():
     jobs, peer = small_workload(4, n=30)
-    plan = planner.optimize(jobs, peer, day=DAY, tune={"exact_total_s": 0.01, "ils_total_s": 0, "ils_min_s": 0})
+    plan = planner.optimize(jobs, peer, day=DAY, tune={"exact": True, "exact_total_s": 0.01, "ils_total_s": 0,
+                                                       "ils_min_s": 0})
     assert plan.stats["exact"] == "no time" and "exact_rounds" not in plan.stats
 
 
@@ -380,6 +381,15 @@ def test_command_text_report(tmp_path):
     call_command("optimize_schedule", "--input", write(tmp_path, EXAMPLE), "--samples", "0", stdout=out)
     text = out.getvalue()
     assert "lower bound" in text and "Moves (" in text and "runs/bound" in text
+
+
+def test_command_exact_phase_is_opt_in(tmp_path, monkeypatch):
+    out = io.StringIO()
+    call_command("optimize_schedule", "--input", write(tmp_path, EXAMPLE), "--samples", "0", "--json", stdout=out)
+    assert json.loads(out.getvalue())["stats"]["exact"] == "off"
+    monkeypatch.setattr(planner, "_cpsat_module", lambda: None)
+    with pytest.raises(CommandError, match="--exact needs OR-Tools: pip install ortools"):
+        call_command("optimize_schedule", "--input", write(tmp_path, EXAMPLE), "--exact", stdout=io.StringIO())
 
 
 @pytest.mark.parametrize(("mutate", "message"), [

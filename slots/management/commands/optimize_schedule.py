@@ -166,6 +166,9 @@ class Command(BaseCommand):
         parser.add_argument("--samples", type=int, default=3,
                             help="Duration-variation samples for the robustness figures (default 3, 0 to skip).")
         parser.add_argument("--seed", type=int, default=0, help="Random seed of the variation samples (default 0).")
+        parser.add_argument("--exact", action="store_true",
+                            help="Also run the CP-SAT polishing phase on the busiest minutes (needs `pip install "
+                                 "ortools`; off by default: it rarely pays, see docs/planning.md).")
         parser.add_argument("--date", metavar="YYYY-MM-DD",
                             help="Reference day for timezones and interval grids (default: today, UTC).")
 
@@ -190,7 +193,10 @@ class Command(BaseCommand):
             raise CommandError("nothing to plan: no schedulable jobs" if rows is not None else
                                "nothing to plan: the input has no jobs")
 
-        plan = planner.optimize(jobs, peer, objective=opts["objective"], day=day)
+        if opts["exact"] and planner._cpsat_module() is None:
+            raise CommandError("--exact needs OR-Tools: pip install ortools (see docs/planning.md)")
+        plan = planner.optimize(jobs, peer, objective=opts["objective"], day=day,
+                                tune={"exact": True} if opts["exact"] else None)
         report = self.build_report(plan, jobs, peer, opts["samples"], opts["seed"], day)
         report["source"] = "file" if opts["input"] else "database"
         if opts["plot"]:
