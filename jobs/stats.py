@@ -1,7 +1,9 @@
 """Run statistics kept current on every finished run, without scanning the run history.
 
-Two tables, both updated with one ``UPDATE ... SET col = col + x`` each (F() increments, so
-concurrent workers never lose a count and nothing is read first):
+Two tables, each written with one statement per run (:func:`upsert`: ``INSERT ... ON
+DUPLICATE KEY UPDATE col = col + x`` on MySQL/MariaDB, ``ON CONFLICT ... DO UPDATE`` on
+SQLite), so concurrent workers never lose a count, nothing is read first, and a missing
+row costs no extra round trips:
 
 - :class:`~jobs.models.JobStats`: one row per job, all-time counters per final state, sums,
   and a log-scale histogram of durations and peaks.  Prometheus counters/histograms read it;
