@@ -103,7 +103,7 @@ def samples(job_id: int, latest: Sequence[tuple[float | None, float | None]] | N
 
 
 def _store_on_job(job: Job, baseline: Baseline, now: dt.datetime | None) -> None:
-    from jobs.stats import update_sql
+    from jobs.queries import update_sql
 
     fields = {**baseline.as_fields(), "baseline_updated_at": now or timezone.now()}
     # A plain UPDATE: no post_save, so the beat sync is not involved.
@@ -147,7 +147,7 @@ def maybe_recompute(job: Job, *, now: dt.datetime | None = None, counted: int | 
     fields: dict[str, float | int | None] = {"runs_since_baseline": 0}
     if baseline is not None:
         fields.update(_reference_fields(baseline))
-    from jobs.stats import update_sql
+    from jobs.queries import update_sql
 
     claimed = update_sql(JobStats, {"job_id": job.pk}, sets=fields,
                          at_least={"runs_since_baseline": conf.BASELINE_EVERY_RUNS})

@@ -18,10 +18,11 @@ sentinel) falls back to the plain ORM call, so results never differ.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist
-from django.db import connections, router, transaction
+from django.db import connection, connections, router, transaction
 from django.db.models import Model, QuerySet
 from django.db.models.query import get_related_populators
 
@@ -117,18 +118,73 @@ class PreparedValues(_Compiled):
         return [tuple(row) for row in self._rows(alias, entry, value, one=False)]
 
 
-_UPDATE_SQL: dict[tuple, str] = {}
+def prep(field, value: Any) -> Any:
+    """``value`` as ``field`` stores it (time zones, JSON), as the ORM's ``update`` does."""
+    return field.get_db_prep_save(value, connection)
+
+
+def assignments(model: type[Model], incs: dict[str, float], maxes: dict[str, float],
+                sets: dict[str, Any]) -> tuple[list[str], list[Any]]:
+    """``SET`` items for an existing row: col = col + x, col = max(col, x), col = value.
+
+    CASE (not GREATEST/MAX) keeps it portable between SQLite and MySQL.
+    """
+    qn = connection.ops.quote_name
+    field = model._meta.get_field
+    parts: list[str] = []
+    params: list[Any] = []
+    for col, value in incs.items():
+        c = qn(field(col).column)
+        parts.append(f"{c} = {c} + %s")
+        params.append(value)
+    for col, value in maxes.items():
+        c = qn(field(col).column)
+        parts.append(f"{c} = CASE WHEN {c} < %s THEN %s ELSE {c} END")
+        params += [value, value]
+    for col, value in sets.items():
+        parts.append(f"{qn(field(col).column)} = %s")
+        params.append(prep(field(col), value))
+    return parts, params
+
+
+def update_sql(model: type[Model], keys: dict[str, Any], incs: dict[str, float] | None = None,
+               maxes: dict[str, float] | None = None, sets: dict[str, Any] | None = None, *,
+               at_least: dict[str, float] | None = None, any_of: dict[str, Sequence] | None = None) -> int:
+    """One parameterised ``UPDATE`` of the rows matching ``keys`` (and col >= x for each of
+    ``at_least``, col IN (...) for each of ``any_of``): col = col + x, col = max(col, x),
+    col = value.  Returns the rows matched.
+
+    Plain SQL for the per-run path (the run's state changes, the job row, the stats): the
+    ORM spent several times longer building these statements than the database spent
+    running them.
+    """
+    qn = connection.ops.quote_name
+    field = model._meta.get_field
+    parts, params = assignments(model, incs or {}, maxes or {}, sets or {})
+    where = []
+    for col, value in keys.items():
+        where.append(f"{qn(field(col).column)} = %s")
+        params.append(prep(field(col), value))
+    for col, value in (at_least or {}).items():
+        where.append(f"{qn(field(col).column)} >= %s")
+        params.append(value)
+    for col, values in (any_of or {}).items():
+        where.append(f"{qn(field(col).column)} IN ({', '.join(['%s'] * len(values))})")
+        params += [prep(field(col), value) for value in values]
+    # Identifiers come from our own model definitions only; every value is a parameter.
+    sql = f"UPDATE {qn(model._meta.db_table)} SET {', '.join(parts)} WHERE {' AND '.join(where)}"  # noqa: S608
+    with transaction.mark_for_rollback_on_error(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 def update_row(model: type[Model], pk, values: dict, *, state_in: tuple[str, ...] | None = None) -> int:
-    """``model.objects.filter(pk=pk[, state__in=state_in]).update(**values)``, the statement
-    built once per shape instead of compiled by the ORM on every call.
+    """``model.objects.filter(pk=pk[, state__in=state_in]).update(**values)`` as plain SQL
+    (:func:`update_sql`).
 
-    Every run makes three state changes (admitted, running, final) and a job-row update;
-    the ORM spent several times longer building each of these statements than the database
-    spent running it.  Values go through each field's own ``get_db_prep_save`` (time
-    zones, JSON), as ``update`` does; anything else (an F() expression, a relation, an
-    unknown name) takes the ORM path.  Like ``update``, no signals and no ``auto_now``.
+    Every run makes three state changes (admitted, running, final) and a job-row update.
+    Plain values only; anything else (an F() expression, a relation, an unknown name)
+    takes the ORM path.  Like ``update``, no signals and no ``auto_now``.
     """
     meta = model._meta
     try:
@@ -141,22 +197,8 @@ def update_row(model: type[Model], pk, values: dict, *, state_in: tuple[str, ...
         if state_in is not None:
             rows = rows.filter(state__in=state_in)
         return rows.update(**values)
-    alias = router.db_for_write(model)
-    connection = connections[alias]
-    shape = (model, alias, tuple(values), None if state_in is None else len(state_in))
-    sql = _UPDATE_SQL.get(shape)
-    if sql is None:
-        qn = connection.ops.quote_name
-        assignments = ", ".join(f"{qn(f.column)} = %s" for f in fields)
-        # Only the model's own table and column names (quoted) go into the text; values are parameters.
-        sql = f"UPDATE {qn(meta.db_table)} SET {assignments} WHERE {qn(meta.pk.column)} = %s"  # noqa: S608
-        if state_in is not None:
-            sql += f" AND {qn(meta.get_field('state').column)} IN ({', '.join(['%s'] * len(state_in))})"
-        _UPDATE_SQL[shape] = sql
-    params = [f.get_db_prep_save(values[f.name], connection=connection) for f in fields]
-    with transaction.mark_for_rollback_on_error(using=alias), connection.cursor() as cursor:
-        cursor.execute(sql, [*params, pk, *(state_in or ())])
-        return cursor.rowcount
+    return update_sql(model, {meta.pk.name: pk}, sets=values,
+                      any_of={"state": state_in} if state_in is not None else None)
 
 
 def _run_with_job_and_slot(pk) -> QuerySet:

@@ -42,6 +42,7 @@ from jobs.models import (
     JobStatsHour,
     RunState,
 )
+from jobs.queries import assignments, prep, update_sql
 
 UTC = dt.UTC
 
@@ -121,60 +122,6 @@ def recent_window(job_id: int, size: int) -> tuple[int, float | None, float | No
     return summarise_recent(latest_successes(job_id, size))
 
 
-def _prep(field, value: Any) -> Any:
-    return field.get_db_prep_save(value, connection)
-
-
-def update_sql(model, keys: dict[str, Any], incs: dict[str, float] | None = None,
-               maxes: dict[str, float] | None = None, sets: dict[str, Any] | None = None, *,
-               at_least: dict[str, float] | None = None) -> int:
-    """One parameterised ``UPDATE`` of the rows matching ``keys`` (and col >= x for each of
-    ``at_least``): col = col + x, col = max(col, x), col = value.  Returns the rows matched.
-
-    Plain SQL for the per-run path (see :func:`upsert`); the upsert of backends without a
-    single-statement form uses it too.
-    """
-    qn = connection.ops.quote_name
-    field = model._meta.get_field
-    parts, params = _assignments(model, incs or {}, maxes or {}, sets or {})
-    where = []
-    for col, value in keys.items():
-        where.append(f"{qn(field(col).column)} = %s")
-        params.append(_prep(field(col), value))
-    for col, value in (at_least or {}).items():
-        where.append(f"{qn(field(col).column)} >= %s")
-        params.append(value)
-    # Identifiers come from our own model definitions only; every value is a parameter.
-    sql = f"UPDATE {qn(model._meta.db_table)} SET {', '.join(parts)} WHERE {' AND '.join(where)}"  # noqa: S608
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount
-
-
-def _assignments(model, incs: dict[str, float], maxes: dict[str, float],
-                 sets: dict[str, Any]) -> tuple[list[str], list[Any]]:
-    """``SET`` items for an existing row: col = col + x, col = max(col, x), col = value.
-
-    CASE (not GREATEST/MAX) keeps it portable between SQLite and MySQL.
-    """
-    qn = connection.ops.quote_name
-    field = model._meta.get_field
-    parts: list[str] = []
-    params: list[Any] = []
-    for col, value in incs.items():
-        c = qn(field(col).column)
-        parts.append(f"{c} = {c} + %s")
-        params.append(value)
-    for col, value in maxes.items():
-        c = qn(field(col).column)
-        parts.append(f"{c} = CASE WHEN {c} < %s THEN %s ELSE {c} END")
-        params += [value, value]
-    for col, value in sets.items():
-        parts.append(f"{qn(field(col).column)} = %s")
-        params.append(_prep(field(col), value))
-    return parts, params
-
-
 def _literal(value: Any) -> str | None:
     """SQL text of a constant model default (None: pass it as a parameter)."""
     if value is None:
@@ -211,7 +158,7 @@ def _upsert_statement(model, vendor: str, keys: tuple[str, ...], incs: tuple[str
             plan.append((name, kind, f))
         values.append("%s")
     # SET clause: col = col + %s, col = CASE WHEN col < %s THEN %s ELSE col END, col = %s.
-    parts, _ = _assignments(model, dict.fromkeys(incs, 0), dict.fromkeys(maxes, 0), dict.fromkeys(sets))
+    parts, _ = assignments(model, dict.fromkeys(incs, 0), dict.fromkeys(maxes, 0), dict.fromkeys(sets))
     plan += [(name, "inc_by", None) for name in incs]
     plan += [(name, "max_by", None) for name in maxes]
     plan += [(name, "set", model._meta.get_field(name)) for name in sets]
@@ -264,11 +211,11 @@ def upsert(model, keys: dict[str, Any], incs: dict[str, float] | None = None,
         elif kind == "max_by":
             params += [maxes[name], maxes[name]]
         elif kind == "key":
-            params.append(_prep(extra, keys[name]))
+            params.append(prep(extra, keys[name]))
         elif kind == "set":
-            params.append(_prep(extra, sets[name]))
+            params.append(prep(extra, sets[name]))
         else:  # a default that is not a constant number (callable, text)
-            params.append(_prep(extra, extra.get_default()))
+            params.append(prep(extra, extra.get_default()))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
 
