@@ -14,12 +14,13 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
+
+from jobs.queries import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -91,34 +92,33 @@ def _on_run_finished(run) -> None:
 _STATS_FIELDS = ("runs_since_baseline", "reference_duration_p50", "reference_memory_p50")
 
 
-@functools.lru_cache(maxsize=4)
-def _job_sql(vendor: str) -> str:
-    from jobs.models import Job, JobStats
+def _job_with_stats(pk):
+    from jobs.models import Job
 
-    qn = connection.ops.quote_name
-    job_t, stats_t = qn(Job._meta.db_table), qn(JobStats._meta.db_table)
-    columns = [f"{job_t}.{qn(Job._meta.get_field(f).column)}" for f in _JOB_FIELDS]
-    columns += [f"{stats_t}.{qn(f)} AS {qn('stats_' + f)}" for f in (*_STATS_FIELDS, "job_id")]
-    # Identifiers come from the model definitions only; the job id is a parameter.
-    return (f"SELECT {', '.join(columns)} FROM {job_t} LEFT OUTER JOIN {stats_t} "  # noqa: S608
-            f"ON ({stats_t}.{qn('job_id')} = {job_t}.{qn('id')}) WHERE {job_t}.{qn('id')} = %s")
+    return (Job.objects.select_related("stats").only(*_JOB_FIELDS, *(f"stats__{f}" for f in _STATS_FIELDS))
+            .filter(pk=pk))
+
+
+# Compiled once per process: building the select_related queryset took longer than the
+# query itself.
+_job_query = Prepared(_job_with_stats)
 
 
 def _load_job(job_id: int):
     """The job (the fields the hook uses) and its JobStats' (runs_since_baseline, reference
-    duration p50, reference memory p50), or None without a JobStats row: one query.
+    duration p50, reference memory p50), or None without a JobStats row: one query."""
+    from django.core.exceptions import ObjectDoesNotExist
 
-    A raw queryset compiled once: building the select_related queryset took longer than
-    the query itself.
-    """
     from jobs.models import Job
 
-    found = list(Job.objects.raw(_job_sql(connection.vendor), [job_id]))
-    if not found:
+    job = _job_query.first(job_id)
+    if job is None:
         raise Job.DoesNotExist(f"job {job_id}")
-    job = found[0]
-    values = tuple(job.__dict__.pop(f"stats_{f}") for f in (*_STATS_FIELDS, "job_id"))
-    return job, (values[:3] if values[3] is not None else None)
+    try:
+        stats = job.stats
+    except ObjectDoesNotExist:
+        return job, None
+    return job, tuple(getattr(stats, f) for f in _STATS_FIELDS)
 
 
 def on_execute_failure(sender=None, task_id=None, exception=None, args=None, kwargs=None, **_: Any) -> None:
