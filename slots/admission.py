@@ -55,26 +55,22 @@ class Decision:
 
 
 # --- kill requests (read by the slot worker's sampling loop) ------------------------------
+def kill_key(run_id: int) -> str:
+    """A run's kill request; deleted with its lease (``LeaseStore.release(also=...)``)."""
+    return f"{KILL_PREFIX}{run_id}"
+
+
 def request_kill(run_id: int, ttl: int = 3600, reason: str = "killed on request") -> None:
-    get_redis().set(f"{KILL_PREFIX}{run_id}", reason, ex=ttl)
+    get_redis().set(kill_key(run_id), reason, ex=ttl)
 
 
 def kill_reason(run_id: int) -> str | None:
-    value = get_redis().get(f"{KILL_PREFIX}{run_id}")
+    value = get_redis().get(kill_key(run_id))
     return value.decode() if value is not None else None
 
 
 def kill_requested(run_id: int) -> bool:
-    return bool(get_redis().exists(f"{KILL_PREFIX}{run_id}"))
-
-
-def clear_kill(run_id: int) -> None:
-    """Forget a kill request once its run is over."""
-    get_redis().delete(kill_key(run_id))
-
-
-def kill_key(run_id: int) -> str:
-    return f"{KILL_PREFIX}{run_id}"
+    return bool(get_redis().exists(kill_key(run_id)))
 
 
 # --- the retry chain of a waiting run -----------------------------------------------------

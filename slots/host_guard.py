@@ -232,13 +232,9 @@ class HostGuard(threading.Thread):
             return
 
 
-def forget(run_id: int, host: str = HOSTNAME) -> None:
-    """A run ended: it is no longer paused."""
-    get_redis().zrem(*forget_command(run_id, host)[1:])
-
-
 def forget_command(run_id: int, host: str = HOSTNAME) -> tuple[str, str, str]:
-    """``forget`` as a command for someone else's Redis pipeline (``LeaseStore.release(also=...)``)."""
+    """A run ended, it is no longer paused: the Redis command, for the pipeline that frees its
+    lease (``LeaseStore.release(also=...)``)."""
     return ("zrem", paused_key(host), str(run_id))
 
 
