@@ -492,6 +492,30 @@ def test_a_stuck_waiting_run_is_redispatched_and_a_chain_is_unique(job, redis_cl
     assert admission.claim_chain(run.pk, first) == first  # an expired chain takes its run back
 
 
+def test_start_founds_a_retry_chain_only_for_a_run_that_must_wait(job, redis_client):
+    from jobs.tasks import start
+
+    ExecutionSlot.objects.filter(name="default").update(max_concurrent=1)
+    first, _ = services.create_run(job("one-place-a"), timezone.now() - dt.timedelta(seconds=2))
+    second, _ = services.create_run(job("one-place-b"), timezone.now() - dt.timedelta(seconds=1))
+    assert start(first.pk) == "admitted"
+    assert redis_client.get(f"{admission.WAITING_PREFIX}{first.pk}") is None  # no chain, no record
+    assert start(second.pk).startswith("waiting: slot default full")
+    record = json.loads(redis_client.get(f"{admission.WAITING_PREFIX}{second.pk}"))
+    assert record["chain"] and record["reason"].startswith("slot default full")  # founded with its reason
+    assert admission.waiting_reasons([second.pk]) == {second.pk: record["reason"]}
+    assert JobRun.objects.get(pk=second.pk).state == RunState.QUEUED
+    assert JobRun.objects.get(pk=first.pk).state == RunState.ADMITTED
+
+
+def test_admission_latencies_are_batched_but_read_back_complete(redis_client):
+    admission.latencies_ms()  # earlier tests' samples out of the buffer
+    redis_client.delete(admission.LATENCY_KEY)
+    for ms in (1.5, 2.5, 3.5):
+        admission.record_latency(ms)
+    assert sorted(admission.latencies_ms()) == [1.5, 2.5, 3.5]  # this process's buffer included
+
+
 def test_retry_delay_backs_off_to_the_maximum(settings):
     settings.ADMISSION_RETRY_MS = 200
     settings.ADMISSION_RETRY_MAX_MS = 2000
