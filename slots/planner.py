@@ -77,11 +77,16 @@ DAY_S = 86400
 DEFAULT_WINDOW_S = 60
 MAX_WINDOW_S = 3600
 OBJECTIVES = ("balanced", "memory", "jobs")
+# What a run's load looks like to the search: a p95 box, or its survival curve.
+LOAD_MODELS = ("p95", "survival")
 # Durations are planned at their p95.  The variation model draws each run's duration from
 # a lognormal whose median is p95 / 1.6, so that the given duration is its 95th percentile:
 # exp(1.645 * sigma) = 1.6.
 P95_OVER_MEDIAN = 1.6
 LOGNORMAL_SIGMA = math.log(P95_OVER_MEDIAN) / 1.6448536269514722
+MEAN_OVER_P95 = math.exp(LOGNORMAL_SIGMA ** 2 / 2) / P95_OVER_MEDIAN  # mean duration / p95
+SURVIVAL_CUTOFF = 1e-3
+SURVIVAL_RISK = 1.0  # survival model: plan the peak of mean + SURVIVAL_RISK standard deviations  # a survival curve ends where fewer than 1 run in 1,000 is still running
 # Interval lengths (seconds) tried by the energetic lower bound; any set gives a valid
 # bound, a richer one a tighter bound.
 # CPU seconds spent raising the energetic bounds with Lagrangian bounds (see _bounds).
@@ -197,6 +202,7 @@ class Plan:
     bound: Peaks
     runtime_s: float
     stats: dict = field(default_factory=dict)
+    load_model: str = "p95"
 
     @property
     def moves(self) -> list[Assignment]:
@@ -345,6 +351,32 @@ class _Job:
     fixed: bool
     selfk: int  # most runs of this job alive at once (shift-invariant)
     idx: np.ndarray | None = None  # cached residues its candidate runs touch (see _Engine.scores)
+    # Survival load model: the expected load of all its runs at offset 0, folded by the
+    # period, as the residues it touches (`support`) and the values there (`shape`).
+    support: np.ndarray | None = None
+    shape: np.ndarray | None = None
+    span: int = 0  # seconds one run's survival curve lasts (survival model only)
+
+
+@lru_cache(maxsize=1)
+def _normal_sf_table() -> tuple[np.ndarray, np.ndarray]:
+    z = np.linspace(-9.0, 9.0, 36001)
+    return z, np.array([0.5 * math.erfc(v / math.sqrt(2.0)) for v in z])
+
+
+def survival_curve(p95: float) -> np.ndarray:
+    """``S[k]``: the chance that a run whose duration has this 95th percentile still
+    occupies its ``k``-th second (``S[0] = 1``), under the variation model of
+    :func:`sample_variation` (lognormal, median ``p95 / 1.6``; a run counts in every
+    second it touches).  Ends where ``S`` falls below ``SURVIVAL_CUTOFF``."""
+    median = max(float(p95), 1e-3) / P95_OVER_MEDIAN
+    last = max(1, math.ceil(median * math.exp(3.1 * LOGNORMAL_SIGMA)))  # S(last) < 1e-3
+    k = np.arange(1, last + 1, dtype=float)
+    z, sf = _normal_sf_table()
+    tail = np.interp((np.log(k) - math.log(median)) / LOGNORMAL_SIGMA, z, sf)
+    curve = np.concatenate([[1.0], tail])
+    keep = np.flatnonzero(curve >= SURVIVAL_CUTOFF)
+    return curve[: int(keep[-1]) + 1]
 
 
 def _whole_seconds(duration: float) -> int:
@@ -356,7 +388,9 @@ class _Model:
     """Jobs compiled to ticks, periods and whole-second durations."""
 
     def __init__(self, jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), day: dt.date | None = None,
-                 duration_scale: float = 1.0) -> None:
+                 duration_scale: float = 1.0, survival: tuple[float, float] | None = None) -> None:
+        # survival: None (boxes), or the weights (runs, MB) of the variance term, see _survival_weights
+        self.survival = survival
         self.day = day or dt.datetime.now(dt.UTC).date()
         self.length = DAY_S
         self.slots: list[str] = sorted({j.slot for j in jobs})
@@ -382,7 +416,31 @@ class _Model:
         window = 1 if fixed else max(1, min(int(job.window_s), period))
         base = offset0 if fixed else 0
         selfk = _self_overlap(head, dur, period)
-        return _Job(ticks, period, head, dur, float(job.memory_mb), base, window, offset0, slot, fixed, selfk)
+        c = _Job(ticks, period, head, dur, float(job.memory_mb), base, window, offset0, slot, fixed, selfk)
+        if self.survival is not None:
+            # Expected load plus a variance term (mean-variance: the peak of a sum of many
+            # independent runs is about mean + k * sd; lam linearises k * sd around the
+            # sd expected at the peak): per second, (S + lam_r * S(1-S), m*S + lam_m * m^2 * S(1-S)).
+            curve = survival_curve(job.duration_s * scale)
+            lam_r, lam_m = self.survival
+            var = curve * (1.0 - curve)
+            rows = np.stack([curve + lam_r * var, c.mem * curve + lam_m * c.mem * c.mem * var])
+            folded = np.zeros((2, period))
+            for h in head:
+                np.add.at(folded, (slice(None), (h + np.arange(len(curve))) % period), rows)
+            c.support = np.flatnonzero(folded[0] > 0)
+            c.shape = folded[:, c.support]
+            c.span = len(curve)
+        return c
+
+    def fixed_pattern(self, c: _Job) -> np.ndarray:
+        """(2, cycle) runs and MB of a fixed job at its offset: boxes, or the survival load."""
+        if c.shape is None:
+            runs = _circ_counts((c.ticks + c.offset0) % self.length, c.dur, self.length)
+            return np.stack([runs, runs * c.mem])
+        folded = np.zeros((2, c.period))
+        folded[:, (c.support + c.offset0) % c.period] = c.shape
+        return np.tile(folded, self.length // c.period)
 
     # Runs of all jobs, concatenated (job-major, tick order): used by the simulator.
     def runs(self, which: str = "jobs") -> tuple[np.ndarray, np.ndarray]:
@@ -932,16 +990,22 @@ class _Engine:
         w = np.array([sign, sign * c.mem])
         arrays = self._arrays(c)
         # Few seconds touched and no self-overlap: update just those (distinct) positions.
-        sparse = len(c.head) * c.dur * 4 < p and c.selfk <= 1
-        if sparse:
+        if c.shape is not None:  # survival model: the folded expected load, distinct residues
+            sparse = True
+            pos = (c.support + offset) % p
+            w = sign * c.shape  # (2, touched)
+        elif len(c.head) * c.dur * 4 < p and c.selfk <= 1:
+            sparse = True
             pos = ((c.head + offset)[:, None] + np.arange(c.dur)).ravel() % p
+            w = np.broadcast_to(w[:, None], (2, len(pos)))
         else:
+            sparse = False
             pat = _circ_counts((c.head + offset) % p, c.dur, p)
         if p == self.length:
             for a in arrays:
                 if sparse:
-                    self.X[a][:, pos] += w[:, None]
-                    self.E[a][:, pos] *= np.exp(w * self.binv[a])[:, None]
+                    self.X[a][:, pos] += w
+                    self.E[a][:, pos] *= np.exp(w * self.binv[a][:, None])
                 else:
                     delta = w[:, None] * pat
                     self.X[a] += delta
@@ -956,11 +1020,11 @@ class _Engine:
                 self.pending_arrays[p].add(a)
                 # Exact for the fold: the change repeats with the fold's own period.
                 if sparse:
-                    acc[a][:, pos] += w[:, None]
+                    acc[a][:, pos] += w
                     if a in self.fmax:
-                        self.fmax[a][:, pos] += w[:, None]
+                        self.fmax[a][:, pos] += w
                     if a in self.fsum:
-                        self.fsum[a][:, pos] *= np.exp(w * self.binv[a])[:, None]
+                        self.fsum[a][:, pos] *= np.exp(w * self.binv[a][:, None])
                 else:
                     delta = w[:, None] * pat
                     acc[a] += delta
@@ -974,6 +1038,8 @@ class _Engine:
         """Per candidate offset: the (4, window) normalised peaks the job would see (if
         ``peaks``) and the increase of the soft peak (weighted by the objective)."""
         c = self.model.jobs[j]
+        if c.shape is not None:
+            return self._scores_shaped(c, peaks)
         p = c.period
         rows = []
         soft = np.zeros(c.window)
@@ -997,6 +1063,22 @@ class _Engine:
                 else:
                     v = _sliding_max(fm[:, c.idx], c.dur).max(axis=1)
                 rows.append((v + (w * c.selfk)[:, None]) * self.inv[a][:, None])
+        return (np.concatenate(rows) if peaks else None), soft
+
+    def _scores_shaped(self, c: _Job, peaks: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        """:meth:`scores` for a job of the survival model: its folded expected load is
+        added at each candidate offset, residue by residue (exact, self-overlap included)."""
+        if c.idx is None:
+            c.idx = ((c.base + np.arange(c.window))[:, None] + c.support[None, :]) % c.period  # (window, m)
+        load = c.shape  # (2, m)
+        soft = np.zeros(c.window)
+        rows = []
+        for a in self._arrays(c):
+            gain = np.expm1(np.minimum(load * self.binv[a][:, None], _EXP_CAP)) * self.row_weight[:, None]
+            soft += np.einsum("rwm,rm->w", self._fold_sum(a)[:, c.idx], gain)
+            if peaks:
+                v = (self._fold_max(a)[:, c.idx] + load[:, None, :]).max(axis=2)  # (2, window)
+                rows.append(v * self.inv[a][:, None])
         return (np.concatenate(rows) if peaks else None), soft
 
     def choose(self, j: int, prefer: int, mode: str = "soft") -> int:
@@ -1053,7 +1135,8 @@ class _Coverage:
             np.zeros(0, dtype=np.int64)
         self.head = np.concatenate([model.jobs[j].head for j in movable]) if movable else np.zeros(0, dtype=np.int64)
         self.period = np.array([model.jobs[j].period for j in self.owner], dtype=np.int64)
-        self.dur = np.array([model.jobs[j].dur for j in self.owner], dtype=np.int64)
+        # How long a run counts as running: its box, or its survival curve.
+        self.dur = np.array([max(model.jobs[j].dur, model.jobs[j].span) for j in self.owner], dtype=np.int64)
         self.slot = np.array([model.jobs[j].slot for j in self.owner], dtype=np.int64)
 
     def at(self, offsets: np.ndarray, second: int, slot: int | None, radius: int = 0) -> np.ndarray:
@@ -1103,6 +1186,30 @@ def _cpsat_module():
     return cp_model_helper
 
 
+def _survival_weights(jobs: Sequence[PlanJob], peer: Sequence[PlanJob], model: _Model, scale: np.ndarray,
+                      risk: float) -> tuple[float, float]:
+    """Weights (runs, MB) of the variance term of the survival load model.
+
+    At a second the load is a sum of independent runs, each there with probability S:
+    mean ``sum w S``, variance ``sum w^2 S (1 - S)``; its peak over a day is about
+    ``mean + risk * sd``.  ``sd`` is not additive, so it is linearised around ``sd0``,
+    the sd expected where the mean reaches ``scale`` (the bound of mean durations):
+    ``risk * sd ~ const + risk / (2 sd0) * variance``, and the weight is ``risk / (2 sd0)``.
+    ``sd0^2 = scale * (sum of w^2 S(1-S)) / (sum of w S)`` over all runs of the cycle."""
+    if risk <= 0:
+        return 0.0, 0.0
+    sums = np.zeros((2, 2))  # (runs, MB) x (mean, variance), over all runs of the cycle
+    for job, c in zip(list(jobs) + list(peer), model.jobs + model.peer, strict=True):
+        curve = survival_curve(job.duration_s)
+        n, mean, var = len(c.ticks), curve.sum(), (curve * (1 - curve)).sum()
+        sums += n * np.array([[mean, var], [c.mem * mean, c.mem * c.mem * var]])
+    out = []
+    for r in (0, 1):
+        sd0 = math.sqrt(max(float(scale[r]), 0.0) * sums[r, 1] / sums[r, 0]) if sums[r, 0] > 0 else 0.0
+        out.append(risk / (2 * sd0) if sd0 > 0 else 0.0)
+    return out[0], out[1]
+
+
 def _fixed_load(model: _Model) -> np.ndarray:
     """(n_arrays, 2, cycle) load of the runs that cannot move: peer and pinned jobs."""
     length = model.length
@@ -1113,10 +1220,13 @@ def _fixed_load(model: _Model) -> np.ndarray:
     for arrays, comp in groups:
         if not comp:
             continue
-        starts = np.concatenate([(c.ticks + c.offset0) % length for c in comp])
-        durs = np.concatenate([np.full(len(c.ticks), c.dur) for c in comp])
-        mem = np.concatenate([np.full(len(c.ticks), c.mem) for c in comp])
-        load = np.stack([_circ_counts(starts, durs, length), _circ_counts(starts, durs, length, mem)])
+        if model.survival is not None:
+            load = sum(model.fixed_pattern(c) for c in comp)
+        else:
+            starts = np.concatenate([(c.ticks + c.offset0) % length for c in comp])
+            durs = np.concatenate([np.full(len(c.ticks), c.dur) for c in comp])
+            mem = np.concatenate([np.full(len(c.ticks), c.mem) for c in comp])
+            load = np.stack([_circ_counts(starts, durs, length), _circ_counts(starts, durs, length, mem)])
         for a in arrays:
             out[a] += load
     return out
@@ -1124,7 +1234,7 @@ def _fixed_load(model: _Model) -> np.ndarray:
 
 def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective: str = "balanced",
              day: dt.date | None = None, passes: int = 4, rounds: int = 40, time_budget_s: float = 7.0,
-             tune: dict | None = None) -> Plan:
+             load_model: str = "p95", tune: dict | None = None) -> Plan:
     """Choose every unpinned job's offset within its window to flatten the peaks.
 
     See the module docstring for the objective and the algorithm.  ``passes`` and
@@ -1141,6 +1251,8 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if load_model not in LOAD_MODELS:
+        raise ValueError(f"load_model must be one of {', '.join(LOAD_MODELS)}, got {load_model!r}")
     cfg = {"beta": 20.0, "beta_end": 60.0, "greedy_mode": "soft", "pass_mode": "soft"}
     cfg.update(tune or {})
     t0 = time.perf_counter()
@@ -1149,8 +1261,17 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     deadline = cpu0 + time_budget_s
     model = _Model(jobs, peer, day)
     bound = _bounds(model, lagrangian_s=float(cfg.get("lagrangian_s", LAGRANGIAN_S)))
-    t_bound = time.perf_counter() - t0
     scales = np.where(bound > 0, bound, 1.0)
+    survival = load_model == "survival"
+    if survival:
+        # The search works on expected load (plus a variance term); its peaks are
+        # normalised by the p95 bound scaled to the mean duration (a scale that makes
+        # runs and MB comparable, not a reported bound: computing the bound of mean
+        # durations too cost 0.3-0.5 s at 300 jobs and changed nothing measurable).
+        scales = scales * MEAN_OVER_P95
+        model = _Model(jobs, peer, day, survival=_survival_weights(
+            jobs, peer, model, scales[0], float(cfg.get("risk", SURVIVAL_RISK))))
+    t_bound = time.perf_counter() - t0
     eng = _Engine(model, scales, objective, cfg["beta"])
 
     # Fixed load: peer (total only) and pinned jobs (total and their slot).
@@ -1263,7 +1384,7 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     cpu_now = time.process_time()
     # 5. (below) needs OR-Tools; without it the randomised search keeps all the time.
     exact_status = None
-    use_exact = (bool(cfg.get("exact", False)) and len(jobs) <= int(cfg.get("exact_max_jobs", EXACT_MAX_JOBS))
+    use_exact = (bool(cfg.get("exact", False)) and not survival and len(jobs) <= int(cfg.get("exact_max_jobs", EXACT_MAX_JOBS))
                  and float(cfg.get("exact_total_s", SEARCH_TOTAL_S)) > 0 and any(c.window > 1 and not c.fixed
                                                                                 for c in model.jobs))
     exact_end = min(deadline, cpu0 + float(cfg.get("exact_total_s", SEARCH_TOTAL_S)))
@@ -1358,7 +1479,7 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
              "passes": n_passes, "rr_rounds": n_rounds, "ils_rounds": n_ils, "ils_improved": n_ils_better,
              "jobs": len(jobs), "peer": len(peer), **exact_stats}
     return Plan(objective, [int(o) for o in offsets], assignments, before, after, peer_load,
-                _peaks_from(model, bound), time.perf_counter() - t0, stats)
+                _peaks_from(model, bound), time.perf_counter() - t0, stats, load_model)
 
 
 # --------------------------------------------------------------------------------------

@@ -72,10 +72,12 @@ def small_workload(seed: int, n: int = 24) -> tuple[list[PlanJob], list[PlanJob]
 
 
 # --- planner ---------------------------------------------------------------------------
+@pytest.mark.parametrize("load_model", planner.LOAD_MODELS)
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_reported_peaks_match_an_independent_simulation(seed):
+def test_reported_peaks_match_an_independent_simulation(seed, load_model):
     jobs, peer = small_workload(seed)
-    plan = planner.optimize(jobs, peer, day=DAY)
+    plan = planner.optimize(jobs, peer, day=DAY, load_model=load_model)
+    assert plan.load_model == load_model
     for offsets, profile in ((plan.offsets, plan.after), ([j.wait_seconds for j in jobs], plan.before)):
         runs, mem, slots = ref_simulate(jobs, offsets, peer)
         assert profile.peak_jobs == runs.max()
@@ -86,10 +88,11 @@ def test_reported_peaks_match_an_independent_simulation(seed):
             assert profile.slots[slot][1].max() == pytest.approx(sm.max())
 
 
+@pytest.mark.parametrize("load_model", planner.LOAD_MODELS)
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_pinned_jobs_stay_and_windows_are_respected(seed):
+def test_pinned_jobs_stay_and_windows_are_respected(seed, load_model):
     jobs, peer = small_workload(seed, n=40)
-    plan = planner.optimize(jobs, peer, day=DAY)
+    plan = planner.optimize(jobs, peer, day=DAY, load_model=load_model)
     for job, offset, a in zip(jobs, plan.offsets, plan.assignments, strict=True):
         assert a.offset_s == offset
         if job.pinned:
@@ -99,7 +102,97 @@ def test_pinned_jobs_stay_and_windows_are_respected(seed):
             assert 0 <= offset < job.window_s
             if job.interval_s:
                 assert offset < job.interval_s
-    assert plan.after.peak_jobs <= plan.before.peak_jobs or plan.after.peak_memory_mb <= plan.before.peak_memory_mb
+    if load_model == "p95":
+        assert (plan.after.peak_jobs <= plan.before.peak_jobs
+                or plan.after.peak_memory_mb <= plan.before.peak_memory_mb)
+
+
+# --- survival load model ------------------------------------------------------------------
+def ref_survival(p95: float, k: int) -> float:
+    """P(a run still occupies its k-th second): the variation model, computed directly."""
+    if k == 0:
+        return 1.0
+    median = p95 / planner.P95_OVER_MEDIAN
+    return 0.5 * math.erfc((math.log(k) - math.log(median)) / planner.LOGNORMAL_SIGMA / math.sqrt(2))
+
+
+def ref_expected_load(jobs: list[PlanJob], offsets: list[int], peer: list[PlanJob] = ()):
+    """Expected (runs, MB) per second in total, run by run and second by second."""
+    runs, mem = np.zeros(86400), np.zeros(86400)
+    for job, offset in [*zip(jobs, offsets, strict=True), *((p, p.wait_seconds) for p in peer)]:
+        curve = planner.survival_curve(job.duration_s)
+        for tick in ref_ticks(job):
+            for k in range(len(curve)):
+                s = ref_survival(job.duration_s, k)
+                runs[(tick + offset + k) % 86400] += s
+                mem[(tick + offset + k) % 86400] += s * job.memory_mb
+    return runs, mem
+
+
+@pytest.mark.parametrize("p95", [1.0, 7.5, 60.0, 300.0])
+def test_survival_curve_is_the_variation_model(p95):
+    curve = planner.survival_curve(p95)
+    assert curve[0] == 1.0
+    assert np.all(np.diff(curve) <= 1e-12)
+    assert curve[-1] >= planner.SURVIVAL_CUTOFF and ref_survival(p95, len(curve)) < planner.SURVIVAL_CUTOFF
+    for k in range(len(curve)):
+        assert curve[k] == pytest.approx(ref_survival(p95, k), abs=1e-4)
+    # ... and the chance sample_variation's runs (max(1, ceil(draw))) still run at second k.
+    rng = np.random.default_rng(5)
+    draws = np.maximum(1, np.ceil(p95 / planner.P95_OVER_MEDIAN
+                                  * np.exp(planner.LOGNORMAL_SIGMA * rng.standard_normal(200_000)) - 1e-9))
+    for k in range(len(curve)):
+        assert (draws > k).mean() == pytest.approx(curve[k], abs=0.005)
+    if float(p95).is_integer():  # 5 % of the runs outlast their p95
+        assert curve[int(p95)] == pytest.approx(0.05, abs=1e-3)
+
+
+def test_survival_engine_holds_the_expected_load_of_its_placements():
+    """The engine's incremental loads (folds, pending patterns, removals) equal the expected
+    load of the final offsets summed run by run."""
+    jobs, peer = small_workload(3, n=16)
+    model = planner._Model(jobs, peer, DAY, survival=(0.0, 0.0))
+    scales = np.tile([20.0, 8000.0], (model.n_arrays, 1))  # realistic sizes: the soft-peak terms stay finite
+    eng = planner._Engine(model, scales, "balanced", 20.0)
+    fixed = planner._fixed_load(model)
+    for a in range(model.n_arrays):
+        eng.add_fixed(fixed[a], a)
+    rng = np.random.default_rng(0)
+    offsets = [c.offset0 if c.fixed else 0 for c in model.jobs]
+    for j in sorted(range(len(jobs)), key=lambda j: model.jobs[j].period):
+        c = model.jobs[j]
+        if c.fixed:
+            continue
+        eng.enter(c.period)
+        eng.place(j, 0)
+        eng.place(j, 0, -1.0)  # removal is exact
+        offsets[j] = int(c.base + rng.integers(c.window))
+        eng.place(j, offsets[j])
+    X = eng.sync()
+    runs, mem = ref_expected_load(jobs, offsets, peer)
+    np.testing.assert_allclose(X[0, 0], runs, atol=1e-6)
+    np.testing.assert_allclose(X[0, 1], mem, rtol=1e-9, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_survival_model_lowers_the_expected_and_the_sampled_peaks(seed):
+    """80 jobs in one slot, mostly at minute 0: the survival plan's expected load (summed
+    run by run above, not the engine's) peaks at least 5 % lower than the p95 plan's, and
+    so do its peaks under sampled durations (the same draws for both plans)."""
+    rng = np.random.default_rng(seed)
+    crons = ["0 * * * *", "0 * * * *", "*/15 * * * *", "0 2 * * *"]
+    jobs = [PlanJob(name=f"j{i}", cron=crons[i % 4], duration_s=float(np.clip(rng.lognormal(3, 0.9), 2, 240)),
+                    memory_mb=float(rng.integers(50, 1500))) for i in range(80)]
+    box = planner.optimize(jobs, day=DAY)
+    surv = planner.optimize(jobs, day=DAY, load_model="survival")
+    box_runs, box_mem = ref_expected_load(jobs, box.offsets)
+    surv_runs, surv_mem = ref_expected_load(jobs, surv.offsets)
+    assert surv_runs.max() <= 0.95 * box_runs.max()
+    assert surv_mem.max() <= 0.95 * box_mem.max()
+    vb = planner.sample_variation(jobs, [], box.offsets, np.random.default_rng(1), 5, day=DAY, lagrangian_s=0)
+    vs = planner.sample_variation(jobs, [], surv.offsets, np.random.default_rng(1), 5, day=DAY, lagrangian_s=0)
+    assert np.mean(vs.peak_jobs) < np.mean(vb.peak_jobs)
+    assert np.mean(vs.peak_memory_mb) <= 1.02 * np.mean(vb.peak_memory_mb)  # close on one seed
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
@@ -390,6 +483,27 @@ def test_command_exact_phase_is_opt_in(tmp_path, monkeypatch):
     monkeypatch.setattr(planner, "_cpsat_module", lambda: None)
     with pytest.raises(CommandError, match="--exact needs OR-Tools: pip install ortools"):
         call_command("optimize_schedule", "--input", write(tmp_path, EXAMPLE), "--exact", stdout=io.StringIO())
+
+
+def test_command_survival_load_model(tmp_path):
+    out = io.StringIO()
+    call_command("optimize_schedule", "--input", write(tmp_path, EXAMPLE), "--samples", "1", "--json",
+                 "--load-model", "survival", stdout=out)
+    data = json.loads(out.getvalue())
+    assert data["load_model"] == "survival"
+    d = next(j for j in data["jobs"] if j["name"] == "d")
+    assert (d["offset_s"], d["moved"]) == (5, False)  # pinned
+    jobs = [PlanJob(**{k: v for k, v in j.items()}) for j in EXAMPLE["jobs"]]
+    peer = [PlanJob(**p) for p in EXAMPLE["peer"]]
+    runs, _, _ = ref_simulate(jobs, [j["offset_s"] for j in data["jobs"]], peer)
+    assert data["after"]["peak_jobs"] == runs.max()  # reported as p95 boxes, like every plan
+    text = io.StringIO()
+    call_command("optimize_schedule", "--input", write(tmp_path, EXAMPLE), "--samples", "0",
+                 "--load-model", "survival", stdout=text)
+    assert "load model survival" in text.getvalue()
+    with pytest.raises(CommandError, match="--exact works on the p95 load model only"):
+        call_command("optimize_schedule", "--input", write(tmp_path, EXAMPLE), "--exact", "--load-model",
+                     "survival", stdout=io.StringIO())
 
 
 @pytest.mark.parametrize(("mutate", "message"), [

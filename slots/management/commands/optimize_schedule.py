@@ -169,6 +169,11 @@ class Command(BaseCommand):
         parser.add_argument("--exact", action="store_true",
                             help="Also run the CP-SAT polishing phase on the busiest minutes (needs `pip install "
                                  "ortools`; off by default: it rarely pays, see docs/planning.md).")
+        parser.add_argument("--load-model", choices=planner.LOAD_MODELS, default="p95",
+                            help="What the search flattens: p95 (default), every run a box as long as its p95 "
+                                 "duration; survival, every run's survival curve (the chance it still runs k "
+                                 "seconds after its start) plus a variance margin: lower real peaks on large "
+                                 "workloads, higher p95-box peaks (see docs/planning.md).")
         parser.add_argument("--date", metavar="YYYY-MM-DD",
                             help="Reference day for timezones and interval grids (default: today, UTC).")
 
@@ -195,7 +200,9 @@ class Command(BaseCommand):
 
         if opts["exact"] and planner._cpsat_module() is None:
             raise CommandError("--exact needs OR-Tools: pip install ortools (see docs/planning.md)")
-        plan = planner.optimize(jobs, peer, objective=opts["objective"], day=day,
+        if opts["exact"] and opts["load_model"] != "p95":
+            raise CommandError("--exact works on the p95 load model only (CP-SAT places boxes)")
+        plan = planner.optimize(jobs, peer, objective=opts["objective"], day=day, load_model=opts["load_model"],
                                 tune={"exact": True} if opts["exact"] else None)
         report = self.build_report(plan, jobs, peer, opts["samples"], opts["seed"], day)
         report["source"] = "file" if opts["input"] else "database"
@@ -233,6 +240,7 @@ class Command(BaseCommand):
         } for a in plan.assignments]
         return {
             "objective": plan.objective,
+            "load_model": plan.load_model,
             "cycle_s": plan.after.cycle_s,
             "jobs": job_rows,
             "moves": sum(1 for a in plan.assignments if a.moved),
@@ -265,7 +273,7 @@ class Command(BaseCommand):
         out = self.stdout.write
         lb = report["lower_bound"]
         out(f"Planned {len(report['jobs'])} jobs ({report['peer']['jobs']} peer jobs as fixed load), "
-            f"objective {report['objective']}, in {report['runtime_s']:.2f} s.")
+            f"objective {report['objective']}, load model {report['load_model']}, in {report['runtime_s']:.2f} s.")
         rows = []
         for label in ("before", "after"):
             sec = report[label]
