@@ -85,8 +85,8 @@ LOAD_MODELS = ("p95", "survival")
 P95_OVER_MEDIAN = 1.6
 LOGNORMAL_SIGMA = math.log(P95_OVER_MEDIAN) / 1.6448536269514722
 MEAN_OVER_P95 = math.exp(LOGNORMAL_SIGMA ** 2 / 2) / P95_OVER_MEDIAN  # mean duration / p95
-SURVIVAL_CUTOFF = 1e-3
-SURVIVAL_RISK = 1.0  # survival model: plan the peak of mean + SURVIVAL_RISK standard deviations  # a survival curve ends where fewer than 1 run in 1,000 is still running
+SURVIVAL_CUTOFF = 1e-3  # a survival curve ends where fewer than 1 run in 1,000 is still running
+SURVIVAL_RISK = 1.0  # survival model: plan the peak of mean + SURVIVAL_RISK standard deviations
 # Interval lengths (seconds) tried by the energetic lower bound; any set gives a valid
 # bound, a richer one a tighter bound.
 # CPU seconds spent raising the energetic bounds with Lagrangian bounds (see _bounds).
@@ -1384,7 +1384,8 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     cpu_now = time.process_time()
     # 5. (below) needs OR-Tools; without it the randomised search keeps all the time.
     exact_status = None
-    use_exact = (bool(cfg.get("exact", False)) and not survival and len(jobs) <= int(cfg.get("exact_max_jobs", EXACT_MAX_JOBS))
+    use_exact = (bool(cfg.get("exact", False)) and not survival
+                 and len(jobs) <= int(cfg.get("exact_max_jobs", EXACT_MAX_JOBS))
                  and float(cfg.get("exact_total_s", SEARCH_TOTAL_S)) > 0 and any(c.window > 1 and not c.fixed
                                                                                 for c in model.jobs))
     exact_end = min(deadline, cpu0 + float(cfg.get("exact_total_s", SEARCH_TOTAL_S)))
