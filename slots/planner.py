@@ -50,6 +50,11 @@ Algorithm
    rest fixed, on the minutes around the peaks (see :func:`_exact_polish`); kept when
    the objective improves.
 
+With ``load_model="survival"`` (opt-in) phases 1-4 place each run's survival curve (the
+chance it still runs k seconds after its start, from the duration-variation model) plus a
+variance margin instead of a p95 box: the plan then flattens the load that really
+happens when durations vary, at the price of higher p95-box peaks.
+
 Speed comes from periodicity: a job whose ticks repeat every ``p`` seconds (``*/5`` ->
 300 s) is evaluated on the load folded by ``p`` (the ``86400/p`` copies of each residue
 summed for the soft peak, maxed for the exact one), which turns 288 windows into one.
@@ -1193,7 +1198,8 @@ def _survival_weights(jobs: Sequence[PlanJob], peer: Sequence[PlanJob], model: _
     At a second the load is a sum of independent runs, each there with probability S:
     mean ``sum w S``, variance ``sum w^2 S (1 - S)``; its peak over a day is about
     ``mean + risk * sd``.  ``sd`` is not additive, so it is linearised around ``sd0``,
-    the sd expected where the mean reaches ``scale`` (the bound of mean durations):
+    the sd expected where the mean reaches ``scale`` (the search's normaliser, about the
+    peak a flat plan of mean durations would reach):
     ``risk * sd ~ const + risk / (2 sd0) * variance``, and the weight is ``risk / (2 sd0)``.
     ``sd0^2 = scale * (sum of w^2 S(1-S)) / (sum of w S)`` over all runs of the cycle."""
     if risk <= 0:
@@ -1247,7 +1253,10 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     ``exact_total_s``, ``exact_jobs``, ``exact_radius``, ``exact_rounds``,
     ``exact_round_s``, ``exact_round_dt``, ``exact_lazy``; see :func:`_exact_polish`).
     ``stats["exact"]`` says whether it ran: ``on``, ``off``, ``no time`` or
-    ``unavailable`` (OR-Tools not installed).
+    ``unavailable`` (OR-Tools not installed).  ``load_model="survival"`` makes the search
+    flatten each run's survival curve plus a variance margin instead of its p95 box
+    (``tune={"risk": x}``, default ``SURVIVAL_RISK``; no exact phase); the plan is
+    reported the same way (p95 boxes), see docs/planning.md.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
