@@ -122,6 +122,10 @@ def test_we_fetch_the_peer_and_place_our_jobs_in_its_quiet_seconds(peer_instance
     assert "Total active jobs on the peer: 5" in out
     assert "Busiest times" in out and "peer-job-0" in out
     assert "clear" in out
+    # The survival load model is offered here too (plan only, nothing applied).
+    call_command("fetch_peer_schedule", "--cached", "--reoptimize", "--load-model", "survival", "--json")
+    plan = json.loads(capsys.readouterr().out)["ours"]["plan"]
+    assert plan["after"]["peak_jobs"] == 5  # ours still clear of the peer's five runs
 
 
 class _Garbage(BaseHTTPRequestHandler):
@@ -199,6 +203,14 @@ def test_the_command_explains_a_missing_peer(settings):
     settings.PEER_URL = ""
     with pytest.raises(CommandError, match="no peer URL"):
         call_command("fetch_peer_schedule")
+
+
+def test_plan_options_need_reoptimize(settings):
+    from django.core.management.base import CommandError
+
+    for option in (["--apply"], ["--load-model", "survival"]):
+        with pytest.raises(CommandError, match=f"{option[0]} needs --reoptimize"):
+            call_command("fetch_peer_schedule", "--cached", *option)
 
 
 def test_a_daily_refresh_is_scheduled_when_a_peer_is_configured(settings):

@@ -22,11 +22,16 @@ class Command(BaseCommand):
             "it, print its busiest times and our schedule against its load; --reoptimize plans our jobs around it.")
 
     def add_arguments(self, parser) -> None:
+        from slots import planner
+
         parser.add_argument("--url", help="Peer schedule URL (default SMARTCRON_PEER_URL).")
         parser.add_argument("--cached", action="store_true", help="Do not fetch; use the last good cached schedule.")
         parser.add_argument("--reoptimize", action="store_true",
                             help="Re-plan our jobs' start seconds with the peer's load counted as fixed.")
         parser.add_argument("--apply", action="store_true", help="With --reoptimize: write the new start seconds.")
+        parser.add_argument("--load-model", choices=planner.LOAD_MODELS, default="p95",
+                            help="With --reoptimize: p95 boxes (default) or survival curves, as optimize_schedule "
+                                 "(see docs/planning.md).")
         parser.add_argument("--top", type=int, default=10, help="How many busiest minutes to list (default 10).")
         parser.add_argument("--plot", help="With --reoptimize: write the before/after/peer load picture (SVG).")
         parser.add_argument("--json", action="store_true", help="Print everything as JSON.")
@@ -34,6 +39,8 @@ class Command(BaseCommand):
     def handle(self, *args, **opts) -> str:
         if opts["apply"] and not opts["reoptimize"]:
             raise CommandError("--apply needs --reoptimize")
+        if opts["load_model"] != "p95" and not opts["reoptimize"]:
+            raise CommandError("--load-model needs --reoptimize")
         if opts["cached"]:
             schedule, error = peer.load_cache(), None
             if schedule is None:
@@ -67,7 +74,7 @@ class Command(BaseCommand):
         result: dict = {"jobs": []}
         offsets = {pj.name: pj.wait_seconds for pj in jobs}
         if opts["reoptimize"] and jobs:
-            plan = planner.optimize(jobs, peer.peer_plan_jobs(schedule))
+            plan = planner.optimize(jobs, peer.peer_plan_jobs(schedule), load_model=opts["load_model"])
             offsets = {a.name: a.offset_s for a in plan.assignments}
             result["plan"] = {"before": plan.before.peaks().as_dict(), "after": plan.after.peaks().as_dict(),
                               "lower_bound": plan.bound.as_dict(), "moves": len(plan.moves)}
