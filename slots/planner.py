@@ -92,7 +92,7 @@ LOGNORMAL_SIGMA = math.log(P95_OVER_MEDIAN) / 1.6448536269514722
 MEAN_OVER_P95 = math.exp(LOGNORMAL_SIGMA ** 2 / 2) / P95_OVER_MEDIAN  # mean duration / p95
 SURVIVAL_CUTOFF = 1e-3  # a survival curve ends where fewer than 1 run in 1,000 is still running
 SURVIVAL_RISK = 1.0  # survival model: plan the peak of mean + SURVIVAL_RISK standard deviations
-SURVIVAL_SLOT_SLACK = 1.25  # survival model: slot peaks are normalised by 1.25 x their bound
+SLOT_SLACK = 1.25  # a slot's peak is normalised by 1.25 x its bound (the totals come first)
 # Interval lengths (seconds) tried by the energetic lower bound; any set gives a valid
 # bound, a richer one a tighter bound.
 # CPU seconds spent raising the energetic bounds with Lagrangian bounds (see _bounds).
@@ -1249,15 +1249,14 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     seconds) stops the passes on very large inputs.  Peer jobs are fixed load in the
     totals.  ``tune`` overrides search constants for experiments (``beta``,
     ``beta_end``, ``radii``, ``max_lift``, ``rr_share``, ``ils_total_s``, ``ils_min_s``,
-    ``lagrangian_s``) and of the exact phase (``exact``: True turns it on, off by default:
+    ``lagrangian_s``, ``slot_slack``) and of the exact phase (``exact``: True turns it on, off by default:
     see docs/planning.md, "Algorithm", step 5;
     ``exact_total_s``, ``exact_jobs``, ``exact_radius``, ``exact_rounds``,
     ``exact_round_s``, ``exact_round_dt``, ``exact_lazy``; see :func:`_exact_polish`).
     ``stats["exact"]`` says whether it ran: ``on``, ``off``, ``no time`` or
     ``unavailable`` (OR-Tools not installed).  ``load_model="survival"`` makes the search
     flatten each run's survival curve plus a variance margin instead of its p95 box
-    (``tune={"risk": x, "slot_slack": y}``, defaults ``SURVIVAL_RISK`` and
-    ``SURVIVAL_SLOT_SLACK``; no exact phase); the plan is
+    (``tune={"risk": x}``, default ``SURVIVAL_RISK``; no exact phase); the plan is
     reported the same way (p95 boxes), see docs/planning.md.
     """
     if objective not in OBJECTIVES:
@@ -1280,11 +1279,11 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
         # runs and MB comparable, not a reported bound: computing the bound of mean
         # durations too cost 0.3-0.5 s at 300 jobs and changed nothing measurable).
         scales = scales * MEAN_OVER_P95
-        # Variation is judged on the totals; a slot's peak counts once it is 25 % above its
-        # share (measured at 300 jobs, seeds 1-4: 1.26 / 1.34 -> 1.23 / 1.29 under variation).
-        scales[1:] *= float(cfg.get("slot_slack", SURVIVAL_SLOT_SLACK))
         model = _Model(jobs, peer, day, survival=_survival_weights(
             jobs, peer, model, scales[0], float(cfg.get("risk", SURVIVAL_RISK))))
+    # The totals (what the machine feels) come first: a slot's peak is normalised by 1.25x
+    # its bound, so it only competes with the totals once it is 25 % above its own bound.
+    scales[1:] *= float(cfg.get("slot_slack", SLOT_SLACK))
     t_bound = time.perf_counter() - t0
     eng = _Engine(model, scales, objective, cfg["beta"])
 
@@ -1478,7 +1477,7 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
     exact_stats: dict = {"exact": exact_status}
     t_ils = time.perf_counter() - t0
     if cpsat is not None:
-        offsets, more = _exact_polish(cpsat, model, bound, np.asarray(offsets, dtype=np.int64), objective, cfg,
+        offsets, more = _exact_polish(cpsat, model, bound, scales, np.asarray(offsets, dtype=np.int64), objective, cfg,
                                       exact_end)
         exact_stats.update(more)
 
@@ -1516,8 +1515,8 @@ def _job_load(c: _Job, offset: int, length: int) -> np.ndarray:
     return np.stack([runs, runs * c.mem])
 
 
-def _exact_polish(cpsat, model: _Model, bound: np.ndarray, offsets: np.ndarray, objective: str, cfg: dict,
-                  cpu_end: float) -> tuple[np.ndarray, dict]:
+def _exact_polish(cpsat, model: _Model, bound: np.ndarray, scales: np.ndarray, offsets: np.ndarray, objective: str,
+                  cfg: dict, cpu_end: float) -> tuple[np.ndarray, dict]:
     """Exact polishing: CP-SAT large-neighbourhood search around the busiest seconds.
 
     Each round frees ``exact_jobs`` movable jobs with a run near a busiest second of the
@@ -1540,7 +1539,7 @@ def _exact_polish(cpsat, model: _Model, bound: np.ndarray, offsets: np.ndarray, 
     """
     stats: dict = {"exact_rounds": 0, "exact_improved": 0}
     length = model.length
-    inv = 1.0 / np.where(bound > 0, bound, 1.0)
+    inv = 1.0 / scales  # the search's normalisation (bounds, slots with their slack)
     if not any(not c.fixed and c.window > 1 for c in model.jobs):
         return offsets, stats
     offsets = offsets.copy()

@@ -327,7 +327,7 @@ def test_exact_phase_reaches_the_proven_optimum_from_the_worst_start():
     bound = planner._bounds(model, lagrangian_s=0.2)
     assert (bound[0, 0], bound[0, 1]) == (2, pytest.approx(500))  # energetic 72/71 s; the largest job
     start = np.zeros(len(jobs), dtype=np.int64)  # everything at :00: 6 runs, 1,550 MB
-    offsets, stats = planner._exact_polish(planner._cpsat_module(), model, bound, start, "balanced",
+    offsets, stats = planner._exact_polish(planner._cpsat_module(), model, bound, bound, start, "balanced",
                                            {"exact_rounds": 2, "exact_round_s": 1000.0, "exact_round_dt": 5.0},
                                            time.process_time() + 120)
     assert stats["exact_improved"] >= 1
