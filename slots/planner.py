@@ -362,6 +362,7 @@ class _Job:
     support: np.ndarray | None = None
     shape: np.ndarray | None = None
     span: int = 0  # seconds one run's survival curve lasts (survival model only)
+    p95_s: float = 0.0  # the planned duration in seconds, before rounding to whole seconds
 
 
 @lru_cache(maxsize=1)
@@ -394,9 +395,8 @@ class _Model:
     """Jobs compiled to ticks, periods and whole-second durations."""
 
     def __init__(self, jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), day: dt.date | None = None,
-                 duration_scale: float = 1.0, survival: tuple[float, float] | None = None) -> None:
-        # survival: None (boxes), or the weights (runs, MB) of the variance term, see _survival_weights
-        self.survival = survival
+                 duration_scale: float = 1.0) -> None:
+        self.survival = False  # boxes; see use_survival
         self.day = day or dt.datetime.now(dt.UTC).date()
         self.length = DAY_S
         self.slots: list[str] = sorted({j.slot for j in jobs})
@@ -422,31 +422,41 @@ class _Model:
         window = 1 if fixed else max(1, min(int(job.window_s), period))
         base = offset0 if fixed else 0
         selfk = _self_overlap(head, dur, period)
-        c = _Job(ticks, period, head, dur, float(job.memory_mb), base, window, offset0, slot, fixed, selfk)
-        if self.survival is not None:
-            # Expected load plus a variance term (mean-variance: the peak of a sum of many
-            # independent runs is about mean + k * sd; lam linearises k * sd around the
-            # sd expected at the peak): per second, (S + lam_r * S(1-S), m*S + lam_m * m^2 * S(1-S)).
-            curve = survival_curve(job.duration_s * scale)
-            lam_r, lam_m = self.survival
-            var = curve * (1.0 - curve)
-            rows = np.stack([curve + lam_r * var, c.mem * curve + lam_m * c.mem * c.mem * var])
-            folded = np.zeros((2, period))
-            for h in head:
-                np.add.at(folded, (slice(None), (h + np.arange(len(curve))) % period), rows)
-            c.support = np.flatnonzero(folded[0] > 0)
-            c.shape = folded[:, c.support]
-            c.span = len(curve)
-        return c
+        return _Job(ticks, period, head, dur, float(job.memory_mb), base, window, offset0, slot, fixed, selfk,
+                    p95_s=float(job.duration_s) * scale)
 
-    def fixed_pattern(self, c: _Job) -> np.ndarray:
-        """(2, cycle) runs and MB of a fixed job at its offset: boxes, or the survival load."""
-        if c.shape is None:
-            runs = _circ_counts((c.ticks + c.offset0) % self.length, c.dur, self.length)
-            return np.stack([runs, runs * c.mem])
-        folded = np.zeros((2, c.period))
-        folded[:, (c.support + c.offset0) % c.period] = c.shape
-        return np.tile(folded, self.length // c.period)
+    def use_survival(self, risk: float, scale: np.ndarray) -> None:
+        """Switch every job (ours, pinned, peer) to the survival load model: each second of
+        a run weighs ``S + lam_r * S(1-S)`` runs and ``m*S + lam_m * m^2 * S(1-S)`` MB, its
+        expected load plus a variance term, folded by the job's period.
+
+        Mean-variance: at a second the load is a sum of independent runs, each there with
+        probability S (mean ``sum w S``, variance ``sum w^2 S(1-S)``), and its peak over a
+        day is about ``mean + risk * sd``.  ``sd`` does not add up run by run, so it is
+        linearised around ``sd0``, the sd expected where the mean reaches ``scale`` (the
+        search's normaliser, about the peak a flat plan of mean durations would reach):
+        ``risk * sd ~ const + risk / (2 sd0) * variance``, so ``lam = risk / (2 sd0)`` with
+        ``sd0^2 = scale * (sum of w^2 S(1-S)) / (sum of w S)`` over all runs of the cycle."""
+        everything = self.jobs + self.peer
+        curves = [survival_curve(c.p95_s) for c in everything]
+        sums = np.zeros((2, 2))  # (runs, MB) x (mean, variance), over all runs of the cycle
+        for c, curve in zip(everything, curves, strict=True):
+            mean, var = curve.sum(), (curve * (1 - curve)).sum()
+            sums += len(c.ticks) * np.array([[mean, var], [c.mem * mean, c.mem * c.mem * var]])
+        lam = np.zeros(2)
+        for r in (0, 1):
+            sd0 = math.sqrt(max(float(scale[r]), 0.0) * sums[r, 1] / sums[r, 0]) if sums[r, 0] > 0 else 0.0
+            lam[r] = risk / (2 * sd0) if risk > 0 and sd0 > 0 else 0.0
+        for c, curve in zip(everything, curves, strict=True):
+            var = curve * (1.0 - curve)
+            rows = np.stack([curve + lam[0] * var, c.mem * curve + lam[1] * c.mem * c.mem * var])
+            # Folded by the period, kept only where it is not zero (no period-long arrays).
+            pos = ((c.head[:, None] + np.arange(len(curve))) % c.period).ravel()
+            c.support, inverse = np.unique(pos, return_inverse=True)
+            c.shape = np.stack([np.bincount(inverse, np.tile(row, len(c.head)), len(c.support)) for row in rows])
+            c.span = len(curve)
+            c.idx = None
+        self.survival = True
 
     # Runs of all jobs, concatenated (job-major, tick order): used by the simulator.
     def runs(self, which: str = "jobs") -> tuple[np.ndarray, np.ndarray]:
@@ -1192,31 +1202,6 @@ def _cpsat_module():
     return cp_model_helper
 
 
-def _survival_weights(jobs: Sequence[PlanJob], peer: Sequence[PlanJob], model: _Model, scale: np.ndarray,
-                      risk: float) -> tuple[float, float]:
-    """Weights (runs, MB) of the variance term of the survival load model.
-
-    At a second the load is a sum of independent runs, each there with probability S:
-    mean ``sum w S``, variance ``sum w^2 S (1 - S)``; its peak over a day is about
-    ``mean + risk * sd``.  ``sd`` is not additive, so it is linearised around ``sd0``,
-    the sd expected where the mean reaches ``scale`` (the search's normaliser, about the
-    peak a flat plan of mean durations would reach):
-    ``risk * sd ~ const + risk / (2 sd0) * variance``, and the weight is ``risk / (2 sd0)``.
-    ``sd0^2 = scale * (sum of w^2 S(1-S)) / (sum of w S)`` over all runs of the cycle."""
-    if risk <= 0:
-        return 0.0, 0.0
-    sums = np.zeros((2, 2))  # (runs, MB) x (mean, variance), over all runs of the cycle
-    for job, c in zip(list(jobs) + list(peer), model.jobs + model.peer, strict=True):
-        curve = survival_curve(job.duration_s)
-        n, mean, var = len(c.ticks), curve.sum(), (curve * (1 - curve)).sum()
-        sums += n * np.array([[mean, var], [c.mem * mean, c.mem * c.mem * var]])
-    out = []
-    for r in (0, 1):
-        sd0 = math.sqrt(max(float(scale[r]), 0.0) * sums[r, 1] / sums[r, 0]) if sums[r, 0] > 0 else 0.0
-        out.append(risk / (2 * sd0) if sd0 > 0 else 0.0)
-    return out[0], out[1]
-
-
 def _fixed_load(model: _Model) -> np.ndarray:
     """(n_arrays, 2, cycle) load of the runs that cannot move: peer and pinned jobs."""
     length = model.length
@@ -1227,8 +1212,8 @@ def _fixed_load(model: _Model) -> np.ndarray:
     for arrays, comp in groups:
         if not comp:
             continue
-        if model.survival is not None:
-            load = sum(model.fixed_pattern(c) for c in comp)
+        if model.survival:
+            load = sum(_job_load(c, c.offset0, length) for c in comp)
         else:
             starts = np.concatenate([(c.ticks + c.offset0) % length for c in comp])
             durs = np.concatenate([np.full(len(c.ticks), c.dur) for c in comp])
@@ -1279,8 +1264,7 @@ def optimize(jobs: Sequence[PlanJob], peer: Sequence[PlanJob] = (), *, objective
         # runs and MB comparable, not a reported bound: computing the bound of mean
         # durations too cost 0.3-0.5 s at 300 jobs and changed nothing measurable).
         scales = scales * MEAN_OVER_P95
-        model = _Model(jobs, peer, day, survival=_survival_weights(
-            jobs, peer, model, scales[0], float(cfg.get("risk", SURVIVAL_RISK))))
+        model.use_survival(float(cfg.get("risk", SURVIVAL_RISK)), scales[0])
     # The totals (what the machine feels) come first: a slot's peak is normalised by 1.25x
     # its bound, so it only competes with the totals once it is 25 % above its own bound.
     scales[1:] *= float(cfg.get("slot_slack", SLOT_SLACK))
@@ -1510,7 +1494,11 @@ def _load_arrays(model: _Model, offsets: np.ndarray) -> np.ndarray:
 
 
 def _job_load(c: _Job, offset: int, length: int) -> np.ndarray:
-    """(2, cycle) runs and memory of one job at ``offset``."""
+    """(2, cycle) runs and memory of one job at ``offset``: boxes, or its survival load."""
+    if c.shape is not None:
+        folded = np.zeros((2, c.period))
+        folded[:, (c.support + offset) % c.period] = c.shape
+        return np.tile(folded, length // c.period)
     runs = _circ_counts((c.ticks + offset) % length, c.dur, length)
     return np.stack([runs, runs * c.mem])
 

@@ -151,7 +151,8 @@ def test_survival_engine_holds_the_expected_load_of_its_placements():
     """The engine's incremental loads (folds, pending patterns, removals) equal the expected
     load of the final offsets summed run by run."""
     jobs, peer = small_workload(3, n=16)
-    model = planner._Model(jobs, peer, DAY, survival=(0.0, 0.0))
+    model = planner._Model(jobs, peer, DAY)
+    model.use_survival(0.0, np.ones(2))  # expected load only (no variance term): what the reference sums
     scales = np.tile([20.0, 8000.0], (model.n_arrays, 1))  # realistic sizes: the soft-peak terms stay finite
     eng = planner._Engine(model, scales, "balanced", 20.0)
     fixed = planner._fixed_load(model)
