@@ -20,7 +20,7 @@ from typing import Any
 
 from django.db import transaction
 
-from jobs.queries import Prepared
+from jobs import queries
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def on_run_finished(run) -> None:
 def _on_run_finished(run) -> None:
     from jobs import anomaly, baselines, breaker, health, stats
     from jobs.conf import conf
-    from jobs.models import FAILURE_STATES, Alert, RunState
+    from jobs.models import FAILURE_STATES, RunState
 
     # record_finished updated the job with queryset updates: read it fresh (one query).
     job, job_stats = _load_job(run.job_id)
@@ -69,8 +69,7 @@ def _on_run_finished(run) -> None:
     # Read by record_finished a moment ago in the same transaction (see services.record_finished).
     open_alerts: dict[str, str] | None = getattr(run, "open_alerts", None)
     if open_alerts is None:
-        open_alerts = dict(
-            Alert.objects.filter(job_id=job.pk, resolved_at__isnull=True).values_list("type", "severity"))
+        open_alerts = dict(queries.open_alerts.rows(job.pk))
     succeeded = run.state == RunState.SUCCEEDED
     # The latest successes, read once: the trend window, and the baseline window too when
     # this success may trigger a recompute.
@@ -101,7 +100,7 @@ def _job_with_stats(pk):
 
 # Compiled once per process: building the select_related queryset took longer than the
 # query itself.
-_job_query = Prepared(_job_with_stats)
+_job_query = queries.Prepared(_job_with_stats)
 
 
 def _load_job(job_id: int):
