@@ -5,7 +5,10 @@ Run from the repository root:
 
     .venv/bin/python bench/bench_recording.py                    # 1,000 jobs, 1,000,000 runs, SQLite
     .venv/bin/python bench/bench_recording.py --quick            # 200 jobs, 100,000 runs
-    .venv/bin/python bench/bench_recording.py --database-url mysql://bench:PASS@127.0.0.1:3306/smartcron_bench
+    .venv/bin/python bench/bench_recording.py --database-url "$BENCH_DATABASE_URL"  # MySQL/MariaDB
+
+(``BENCH_DATABASE_URL``: a mysql:// URL kept in your environment, the default of
+``--database-url``; never type the password on the command line.)
 
 SQLite lives in a temporary SMARTCRON_VAR_DIR (deleted afterwards unless --keep).  With a
 MySQL/MariaDB DATABASE_URL, give it a dedicated database: the bench creates it if missing,
@@ -285,7 +288,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=500, help="Recordings timed (default 500).")
     parser.add_argument("--repeat", type=int, default=5, help="Repetitions of each query (default 5).")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"),
-                        help="mysql://... to bench MySQL/MariaDB (a dedicated database: it is emptied).")
+                        help="mysql://... to bench MySQL/MariaDB (a dedicated database: it is emptied); "
+                             "default $BENCH_DATABASE_URL.")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="Keep the temporary directory (SQLite database).")
     args = parser.parse_args()

@@ -104,7 +104,7 @@ TEMPLATES = [
 ]
 
 # --- Database ------------------------------------------------------------------------
-# SQLite by default; DATABASE_URL=mysql://user:pass@host:3306/name switches to MySQL
+# SQLite by default; DATABASE_URL=mysql://$DB_USER:$DB_PASSWORD@host:3306/name switches to MySQL
 # (mysqlclient).  SQLite runs in WAL mode with IMMEDIATE transactions so that the web
 # process, beat and several workers can write to it without "database is locked".
 _default_sqlite = f"sqlite:///{VAR_DIR / 'smartcron.sqlite3'}"
